@@ -1,0 +1,2 @@
+"""mmengine adapters: hooks, distributed set-up, training helpers."""
+from . import hooks  # noqa: F401

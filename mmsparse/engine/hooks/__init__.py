@@ -1,0 +1,1 @@
+"""Registered mmengine hooks (one per file)."""
