@@ -1,15 +1,12 @@
 """mmsparse: switchable sparse subnetworks for MMDetection.
 
-Importing the package registers its mmengine components (``custom_imports=['mmsparse']``)
-and allow-lists what mmengine checkpoints need under ``torch.load(weights_only=True)``.
-The framework-free core lives in :mod:`mmsparse.core` and imports torch only.
+The package root has no side effects, so ``mmsparse.core`` (torch only) imports without
+mmengine, mmdet or mmcv. MMDetection configs reach mmsparse's components through scoped types
+(``type='mmsparse.ShapesDataset'``): mmengine then imports :mod:`mmsparse.registry`, whose
+``locations`` import and register the adapters. ``custom_imports=dict(imports=['mmsparse'])``
+is accepted too. The tools import :mod:`mmsparse.engine`, which also allow-lists what
+mmengine checkpoints need under ``torch.load(weights_only=True)``.
 """
 from .version import __version__
-from .utils.checkpoint import register_checkpoint_safe_globals
 
-register_checkpoint_safe_globals()
-
-# Register components; importing mmdet here is fine because the adapters need it anyway.
-from . import datasets, engine  # noqa: E402,F401
-
-__all__ = ['__version__', 'register_checkpoint_safe_globals']
+__all__ = ['__version__']

@@ -12,7 +12,8 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 
-import mmsparse  # noqa: F401  (registers components, allow-lists checkpoint globals)
+import mmsparse.datasets  # noqa: F401  (registers the datasets)
+import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.launch import apply_common_args, build_runner, set_local_rank
 

@@ -9,7 +9,8 @@ import argparse
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config, DictAction
 
-import mmsparse  # noqa: F401  (registers components, allow-lists checkpoint globals)
+import mmsparse.datasets  # noqa: F401  (registers the datasets)
+import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.launch import (apply_common_args, apply_resume, build_runner, enable_amp,
                                     set_local_rank)

@@ -128,18 +128,21 @@ def _record_calls(model, run, layer_types, norm_types):
     grad_flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     try:
-        for p in grad_flags:  # frozen stages too: we need their nodes in the graph
+        # eval() first: no BN statistic updates, no dropout. Some modules (MMDetection's
+        # ResNet with frozen_stages) re-freeze parameters inside train()/eval(), so grads
+        # are switched on afterwards: frozen stages must appear in the graph too.
+        model.eval()
+        for p in grad_flags:
             p.requires_grad_(True)
-        model.eval()  # no BN statistic updates, no dropout
         with torch.enable_grad():
             outputs = run(model)
         roots = {t.grad_fn for t in _flatten_tensors(outputs) if t.grad_fn is not None}
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
-        model.train(was_training)
     return calls, roots
 
 

@@ -24,32 +24,124 @@ def keep_count(total, ratio, min_keep=1):
     return max(min(min_keep, total), total - int(round(ratio * total)))
 
 
+def _kth_largest(flat, keep, sample_desc=None):
+    """The ``keep``-th largest value of ``flat`` (exact).
+
+    For large tensors, a strided sample (sorted descending) brackets the answer and only the
+    elements between the brackets are searched; if the bracket misses (it cannot be wrong,
+    only unlucky) we fall back to a full ``kthvalue``.
+    """
+    total = flat.numel()
+    if sample_desc is not None:
+        m = sample_desc.numel()
+        pos = int(keep / total * m)
+        margin = int(4 * (m ** 0.5)) + 16
+        hi = sample_desc[max(pos - margin, 0)]
+        lo = sample_desc[min(pos + margin, m - 1)]
+        above = int((flat > hi).sum())
+        between = flat[(flat <= hi) & (flat >= lo)]
+        need = keep - above
+        if 1 <= need <= between.numel():
+            return torch.kthvalue(between, between.numel() - need + 1).values
+    return torch.kthvalue(flat, total - keep + 1).values
+
+
+def _bracket_sample(flat, size=1 << 18):
+    """For large tensors, a deterministic strided sample sorted descending; else None."""
+    if flat.numel() <= 4 * size:
+        return None
+    stride = flat.numel() // size
+    return torch.sort(flat[::stride], descending=True).values
+
+
+def _tie_indices(flat, threshold, kept_above, keep):
+    """Indices of the elements equal to ``threshold`` needed to keep exactly ``keep``."""
+    missing = keep - kept_above
+    if missing <= 0:
+        return None
+    return torch.nonzero(flat == threshold).squeeze(1)[:missing]
+
+
 def topk_mask(scores, keep):
     """Bool mask keeping exactly ``keep`` largest scores (ties: lower flat index first).
 
-    Uses ``kthvalue`` (linear time) plus an exact tie fix-up, not a full sort.
+    Linear time (``kthvalue``, on a bracketed slice for large tensors) plus an exact tie
+    fix-up; no full sort.
     """
-    flat = scores.reshape(-1)
-    total = flat.numel()
+    total = scores.numel()
     if keep >= total:
         return torch.ones_like(scores, dtype=torch.bool)
     if keep <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(flat.float(), total - keep + 1).values.to(flat.dtype)
+    flat = scores.reshape(-1).float()
+    threshold = _kth_largest(flat, keep, _bracket_sample(flat))
     mask = flat > threshold
-    missing = keep - int(mask.sum())
-    if missing > 0:
-        ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+    ties = _tie_indices(flat, threshold, int(mask.sum()), keep)
+    if ties is not None:
         mask[ties] = True
-    return mask.view_as(scores)
+    return mask.view(scores.shape)
+
+
+def _levels_simple(flat, keeps):
+    """Thresholds (exact k-th largest values) and ``level = #{k: x >= t_k}``."""
+    total = flat.numel()
+    thresholds = torch.stack([torch.kthvalue(flat, total - k + 1).values for k in keeps])
+    return thresholds, torch.bucketize(flat, thresholds, right=True).to(torch.uint8)
+
+
+def _levels_bracketed(flat, keeps, sample_size=1 << 18):
+    """:func:`_levels_simple` for large tensors, in a constant number of full passes.
+
+    A strided sample brackets every threshold; one ``bucketize`` against all brackets
+    counts the elements above each bracket and picks out the few inside; each threshold
+    is then found among its bracket's elements only, and the levels are a table lookup
+    plus a correction on those elements. Returns None if a bracket missed (the caller
+    falls back to the simple exact path).
+    """
+    total = flat.numel()
+    sample = torch.sort(flat[::max(1, total // sample_size)], descending=True).values
+    m = sample.numel()
+    margin = int(3 * m ** 0.5) + 16  # sample quantile error is at most ~0.5 sqrt(m)
+    his = [sample[max(int(k / total * m) - margin, 0)] for k in keeps]
+    los = [sample[min(int(k / total * m) + margin, m - 1)] for k in keeps]
+    bounds = torch.unique(torch.stack(his + los))  # sorted ascending
+    # bucket = number of bounds <= x, so x >= bounds[j] <=> bucket > j
+    bucket = torch.bucketize(flat, bounds, right=True, out_int32=True)
+    counts = torch.bincount(bucket, minlength=bounds.numel() + 1)
+    idx_hi = [int(torch.searchsorted(bounds, h)) for h in his]
+    idx_lo = [int(torch.searchsorted(bounds, lo)) for lo in los]
+    in_bracket = torch.zeros(bounds.numel() + 1, dtype=torch.bool)
+    for lo, hi in zip(idx_lo, idx_hi):  # buckets of lo <= x < hi
+        in_bracket[lo + 1:hi + 1] = True
+    cand_idx = torch.nonzero(in_bracket[bucket]).squeeze(1)
+    cand_val, cand_bucket = flat[cand_idx], bucket[cand_idx]
+    thresholds = []
+    for keep, lo, hi in zip(keeps, idx_lo, idx_hi):
+        above = int(counts[hi + 1:].sum())  # x >= hi
+        vals = cand_val[(cand_bucket > lo) & (cand_bucket <= hi)]
+        need = keep - above
+        if not 1 <= need <= vals.numel():
+            return None
+        thresholds.append(torch.kthvalue(vals, vals.numel() - need + 1).values)
+    # Elements at or above bracket k's top reach t_k; inside the bracket, compare.
+    reaches_all_above = torch.zeros(bounds.numel() + 1, dtype=torch.uint8)
+    for hi in idx_hi:
+        reaches_all_above[hi + 1:] += 1
+    level = reaches_all_above[bucket]
+    for threshold, lo, hi in zip(thresholds, idx_lo, idx_hi):
+        inside = (cand_bucket > lo) & (cand_bucket <= hi) & (cand_val >= threshold)
+        level[cand_idx[inside]] += 1
+    return torch.stack(thresholds), level
 
 
 def nested_levels(scores, ratios):
     """Encode nested magnitude masks at several sparsities as one uint8 level per element.
 
-    ``level[i]`` = number of ``ratios`` at which element i is kept, so the mask at the k-th
-    smallest ratio is ``level >= len(ratios) - k``. Masks are nested by construction: an
-    element pruned at ratio r is pruned at every higher ratio.
+    ``level[i]`` = number of ``ratios`` at which element i is kept. With the ratios sorted
+    ascending, an element kept at the k-th one (k from 0) is kept at all less sparse ones,
+    so its level is at least k + 1: the mask at the k-th ratio is ``level >= k + 1``. Masks
+    are nested by construction: an element pruned at ratio r is pruned at every higher ratio.
+    Each mask equals ``topk_mask(scores, keep_count(n, ratio))`` exactly, ties included.
 
     Args:
         scores: Any-shaped tensor of importance scores.
@@ -57,16 +149,28 @@ def nested_levels(scores, ratios):
     """
     if len(ratios) > 255:
         raise SparsitySpecError(f'at most 255 nested ratios, got {len(ratios)}')
-    level = torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
-    for ratio in ratios:
-        level += topk_mask(scores, keep_count(scores.numel(), ratio)).to(torch.uint8)
-    return level
+    flat = scores.reshape(-1).float()
+    total = flat.numel()
+    if not ratios:
+        return torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
+    keeps = [keep_count(total, r) for r in sorted(ratios)]  # non-increasing
+    result = _levels_bracketed(flat, keeps) if total > (1 << 20) else None
+    # level = number of (ascending) thresholds t_k each element reaches (x >= t_k) ...
+    thresholds, level = result if result is not None else _levels_simple(flat, keeps)
+    # ... then drop surplus ties at each threshold, highest index first (so the kept ties
+    # are a prefix by index at every ratio, and the masks stay nested).
+    reached = torch.bincount(level, minlength=len(keeps) + 1).flip(0).cumsum(0).flip(0)
+    for k, (keep, threshold) in enumerate(zip(keeps, thresholds)):
+        surplus = int(reached[k + 1]) - keep
+        if surplus > 0:
+            ties = torch.nonzero(flat == threshold).squeeze(1)
+            level[ties[ties.numel() - surplus:]] -= 1
+    return level.view(scores.shape)
 
 
 def level_mask(level, ratios, ratio):
     """The bool mask at ``ratio`` from a :func:`nested_levels` encoding over ``ratios``."""
-    rank = sorted(ratios).index(ratio)  # 0 = least sparse, kept by the most levels
-    return level >= len(ratios) - rank
+    return level >= sorted(ratios).index(ratio) + 1
 
 
 def _in_axis_last(tensor, in_axis):

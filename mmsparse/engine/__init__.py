@@ -1,2 +1,9 @@
-"""mmengine adapters: hooks, distributed set-up, training helpers."""
-from . import hooks  # noqa: F401
+"""mmengine adapters: hooks, distributed set-up, training helpers.
+
+Importing this package allow-lists mmengine checkpoints' globals for ``weights_only`` loads.
+"""
+from mmsparse.utils.checkpoint import register_checkpoint_safe_globals
+
+register_checkpoint_safe_globals()
+
+from . import hooks  # noqa: E402,F401

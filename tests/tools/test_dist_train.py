@@ -1,6 +1,7 @@
 """Two processes with gloo on the CPU train the tiny detector through tools/dist_train.sh."""
 import torch
 
+import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from conftest import TINY_CONFIG, assert_ok, run_tool
 
 

@@ -19,7 +19,7 @@ def test_train_then_resume_continues_from_the_checkpoint(tmp_path, tiny_data):
     ckpt = work / 'iter_2.pth'
     # The resume file holds mmengine's message hub (HistoryBuffer, numpy values): it must
     # load with weights_only=True thanks to mmsparse's allow-list.
-    import mmsparse  # noqa: F401
+    import mmsparse.engine  # noqa: F401  (allow-lists checkpoint globals)
     state = torch.load(ckpt, map_location='cpu', weights_only=True)
     assert state['meta']['iter'] == 2 and 'optimizer' in state and 'message_hub' in state
 
@@ -35,7 +35,7 @@ def test_train_then_resume_continues_from_the_checkpoint(tmp_path, tiny_data):
 
 
 def test_allow_list_does_not_disable_weights_only(tmp_path):
-    import mmsparse  # noqa: F401
+    import mmsparse.engine  # noqa: F401  (allow-lists checkpoint globals)
     path = tmp_path / 'evil.pth'
     torch.save({'x': NotAllowListed()}, path)
     with pytest.raises(pickle.UnpicklingError):

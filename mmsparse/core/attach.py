@@ -1,0 +1,187 @@
+"""Choose layers by name globs, turn them into masked layers, switch the active subnet.
+
+:class:`SparseNetwork` is the handle the rest of mmsparse uses: it knows the masked layers,
+the channel dependencies (from :mod:`.dependency`) and which subnets the masks hold.
+"""
+import fnmatch
+
+import torch
+
+from .dependency import analyze_channels
+from .layers import MASKABLE_TYPES, make_masked, masked_layers
+from .patterns import SparsitySpecError
+from .subnets import DENSE, SubnetNameError, parse_subnet
+
+
+class LayerSelectionError(ValueError):
+    """A name glob matches no layer, or a selection leaves nothing to sparsify."""
+
+
+def select_layers(model, include=('*', ), exclude=(), graph=None, sparsify_input_layers=False,
+                  sparsify_output_layers=False, types=MASKABLE_TYPES):
+    """Names of the layers to sparsify.
+
+    Args:
+        model: The network.
+        include: Globs (``fnmatch``) over module names; each must match some layer.
+        exclude: Globs removed from the selection; each must match some layer.
+        graph: A :class:`~.dependency.GraphInfo`; with it the stem (layers that consume the
+            raw input) and the prediction layers (whose outputs are the model's outputs) stay
+            dense unless ``sparsify_input_layers`` / ``sparsify_output_layers`` is set.
+        types: Layer types that can be masked.
+
+    Raises:
+        LayerSelectionError: naming the glob that matched nothing.
+    """
+    candidates = [name for name, m in model.named_modules() if isinstance(m, types)]
+    for kind, globs in (('include', include), ('exclude', exclude)):
+        for glob in globs:
+            if not fnmatch.filter(candidates, glob):
+                raise LayerSelectionError(
+                    f'{kind} glob {glob!r} matches no maskable layer; layers look like '
+                    f'{candidates[:3]} ... ({len(candidates)} in all)')
+    chosen = [n for n in candidates if any(fnmatch.fnmatchcase(n, g) for g in include)
+              and not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
+    if graph is not None:
+        if not sparsify_input_layers:
+            chosen = [n for n in chosen if n not in graph.input_layers]
+        if not sparsify_output_layers:
+            chosen = [n for n in chosen if n not in graph.output_layers]
+    if not chosen:
+        raise LayerSelectionError(f'no layer left to sparsify (include={list(include)}, '
+                                  f'exclude={list(exclude)})')
+    return chosen
+
+
+class ChannelOutputMask:
+    """Forward hook on a BatchNorm that follows a channel-masked layer.
+
+    BatchNorm turns a zero channel into its shift (beta - mean * gamma / std), so the removed
+    channels must be zeroed after it too; the hook multiplies them by the producer's mask.
+    """
+
+    def __init__(self, producer):
+        self.producer = producer
+
+    def __call__(self, module, args, output):
+        keep = self.producer.active_channel_mask()
+        if keep is None:
+            return output
+        shape = [1] * output.dim()
+        shape[1] = -1
+        return output * keep.view(shape).to(output.dtype)
+
+
+class SparseNetwork:
+    """A model whose chosen layers hold many subnets' masks on their shared weights.
+
+    Args:
+        model: The network (modified in place: chosen layers become masked layers).
+        run: ``run(model) -> outputs``, one forward used for channel dependency analysis.
+        include / exclude / sparsify_input_layers / sparsify_output_layers: see
+            :func:`select_layers`.
+    """
+
+    def __init__(self, model, run, include=('*', ), exclude=(), sparsify_input_layers=False,
+                 sparsify_output_layers=False):
+        self.model = model
+        self.graph = analyze_channels(model, run)
+        names = select_layers(model, include, exclude, self.graph, sparsify_input_layers,
+                              sparsify_output_layers)
+        modules = dict(model.named_modules())
+        self.layers = {name: make_masked(modules[name]) for name in names}
+        # Channel masks need every consumer of the channels to be masked too, so the channel
+        # outputs are exactly zero and parameter counts see the removed input channels.
+        self.channel_layers = [n for n in names if self.graph.channels.get(n) is not None
+                               and self.graph.channels[n].removable]
+        for name in self.channel_layers:
+            for follower in self.graph.channels[name].followers:
+                modules[follower].register_forward_hook(ChannelOutputMask(self.layers[name]))
+        self.active = DENSE
+        self._subnets_cache = None
+
+    def subnets(self):
+        """Every subnet the masks hold, ``dense`` first, sorted by pattern and sparsity."""
+        # Cached per mask version (masks change on generation and checkpoint loading), so
+        # switching subnets costs one attribute write per layer.
+        version = tuple(layer._mask_version for layer in self.layers.values())
+        if self._subnets_cache is None or self._subnets_cache[0] != version:
+            specs = {DENSE}
+            for layer in self.layers.values():
+                specs.update(layer.held_subnets())
+            self._subnets_cache = (version, sorted(specs, key=lambda s: s.sort_key))
+        return self._subnets_cache[1]
+
+    def resolve(self, name):
+        """Parse ``name`` and check the masks hold it; the error lists the valid names."""
+        spec = parse_subnet(name)
+        valid = self.subnets()
+        if spec not in valid:
+            raise SubnetNameError(f'unknown subnet {spec.name!r}; this model holds: '
+                                  f'{", ".join(s.name for s in valid)}')
+        return spec
+
+    def set_active(self, name):
+        """Make ``name`` the active subnet of every masked layer (no weights are copied)."""
+        spec = DENSE if name in ('dense', DENSE) else self.resolve(name)
+        for layer in self.layers.values():
+            layer.active_subnet = spec
+        self.active = spec
+        return spec
+
+    def channel_producers(self):
+        """consumer layer name -> producer layer name, for channel-masked producers."""
+        return {consumer: name for name in self.channel_layers
+                for consumer in self.graph.channels[name].consumers}
+
+    def effective_masks(self, name):
+        """Per masked layer, the bool mask of the weights ``name`` really uses (or None).
+
+        For channel subnets this includes the consumers' input channels that now receive
+        zeros, which is what parameter and FLOP counts must see.
+        """
+        spec = parse_subnet(name)
+        producers = self.channel_producers() if spec.pattern == 'channel' else {}
+        masks = {}
+        for lname, layer in self.layers.items():
+            mask = layer.mask_for(spec) if spec != DENSE else None
+            producer = producers.get(lname)
+            if producer is not None:
+                keep_in = self.layers[producer].channel_keep(spec)
+                if keep_in is not None:
+                    shape = [1] * layer.dense_weight.dim()
+                    shape[layer.in_axis] = -1
+                    in_mask = keep_in.view(shape).expand_as(layer.dense_weight)
+                    mask = in_mask if mask is None else mask & in_mask
+            masks[lname] = mask
+        return masks
+
+
+def check_selection(network, subnets, block_shape=(1, 1)):
+    """Raise, before any training, if a subnet is impossible on a selected layer.
+
+    Checks N:M divisibility and block tiling per layer, and that channel subnets have at
+    least one removable layer. Errors name the layer.
+    """
+    from .patterns import check_block_shape, check_nm
+    for spec in subnets:
+        spec = parse_subnet(spec)
+        for name, layer in network.layers.items():
+            where = f'layer {name} ({type(layer).__mro__[2].__name__})'
+            if spec.pattern == 'nm':
+                check_nm(spec.n, spec.m, layer.in_channels_count, where)
+            elif spec.pattern == 'block':
+                check_block_shape(layer.dense_weight.shape, block_shape, layer.out_axis,
+                                  layer.in_axis, where)
+        if spec.pattern == 'channel' and not network.channel_layers:
+            raise SparsitySpecError(
+                f'{spec.name}: none of the selected layers has removable output channels '
+                '(every one feeds a residual add, concatenation or model output)')
+
+
+@torch.no_grad()
+def copy_masks(src, dst):
+    """Copy every mask buffer of ``src``'s masked layers to ``dst``'s (same structure)."""
+    dst_layers = masked_layers(dst)
+    for name, layer in masked_layers(src).items():
+        dst_layers[name].load_state_dict(layer.state_dict(), strict=False)

@@ -1,0 +1,36 @@
+"""Run an MMDetection detector once on a synthetic batch, for the core's graph analysis.
+
+The core's dependency analysis and FLOP counting need ``run(model) -> outputs``. A loss
+forward covers every head a detector has (RPN, RoI box and mask heads, dense heads), which
+an inference forward does not (RPN objectness only ranks proposals there), so we build a
+small batch with ground truth using MMDetection's own ``demo_mm_inputs``.
+"""
+from mmdet.testing import demo_mm_inputs
+
+from mmsparse.core import SparseNetwork
+
+
+def detector_loss_run(image_size=(128, 128), num_items=3, with_mask=None):
+    """A ``run(model)`` that returns the detector's loss dict on one synthetic image.
+
+    Args:
+        image_size: (H, W) of the synthetic image; small is enough, every stride must
+            give a feature map of at least 1 pixel.
+        num_items: Ground-truth objects in the image (all of class 0, valid for any head).
+        with_mask: Include instance masks; default: when the model has a mask head.
+    """
+    def run(model):
+        has_mask = getattr(model, 'with_mask', False) if with_mask is None else with_mask
+        packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, *image_size)],
+                                num_items=[num_items], num_classes=2, with_mask=has_mask)
+        for sample in packed['data_samples']:  # class 0 exists in every detector
+            sample.gt_instances.labels.zero_()
+        data = model.data_preprocessor(packed, True)
+        return model.loss(data['inputs'], data['data_samples'])
+    return run
+
+
+def sparsify_detector(model, include=('*', ), exclude=(), image_size=(128, 128), **kwargs):
+    """Make a :class:`~mmsparse.core.SparseNetwork` of an MMDetection detector."""
+    return SparseNetwork(model, detector_loss_run(image_size), include=include,
+                         exclude=exclude, **kwargs)

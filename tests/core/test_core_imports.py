@@ -1,0 +1,13 @@
+"""mmsparse.core is framework-free: importing it pulls in no mmengine, mmdet or mmcv."""
+import subprocess
+import sys
+
+
+def test_core_imports_torch_only():
+    code = ('import sys, mmsparse.core\n'
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('mmengine', 'mmdet', 'mmcv'))\n"
+            'print(bad)\n'
+            'assert not bad, bad\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

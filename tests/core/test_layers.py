@@ -1,0 +1,138 @@
+"""Masked layers: names kept, dense bitwise identical, masks applied, buffers round-trip."""
+import copy
+import io
+import pickle
+
+import torch
+from torch import nn
+
+from mmsparse.core import SparseNetwork, generate_masks, make_masked, masked_layers
+from mmsparse.core.subnets import parse_subnet
+from tiny_models import Deconv, LinearHead, Residual, build
+
+SUBNETS = ['dense', 'unstructured@0.50', 'unstructured@0.80', 'channel@0.50', 'nm@2:4',
+           'nm@1:4']
+
+
+def _sparse(cls, subnets=SUBNETS, seed=0, first_layer=False):
+    model, run, x = build(cls, seed)
+    original = copy.deepcopy(model).eval()
+    net = SparseNetwork(model, run, sparsify_input_layers=first_layer)
+    generate_masks(net, subnets)
+    return model.eval(), original, net, x
+
+
+def test_parameter_names_and_types_are_kept():
+    model, original, net, _ = _sparse(Residual)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in original.named_parameters()]
+    assert isinstance(model.conv1, nn.Conv2d) and type(model.conv1).__name__.startswith('Masked')
+    assert 'conv1.mask_unstructured_level' in model.state_dict()
+
+
+def test_dense_is_bitwise_identical_and_switching_copies_no_weights():
+    model, original, net, x = _sparse(Residual)
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name in net.subnets():
+        net.set_active(name)
+        model(x)
+    net.set_active('dense')
+    assert torch.equal(model(x), original(x))
+    assert ptrs == {n: p.data_ptr() for n, p in model.named_parameters()}
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_active_mask_is_applied_in_forward():
+    model, original, net, x = _sparse(Residual)
+    for name in ['unstructured@0.50', 'nm@2:4']:
+        net.set_active(name)
+        for layer_name, layer in net.layers.items():
+            mask = layer.mask_for(parse_subnet(name))
+            getattr(original, layer_name).weight.data = layer.dense_weight * mask
+        assert torch.allclose(model(x), original(x), atol=1e-6)
+        assert not torch.equal(model(x), build(Residual)[0].eval()(x))
+
+
+def test_gradients_reach_only_kept_weights():
+    model, _, net, x = _sparse(Residual)
+    net.set_active('nm@2:4')
+    model.train()
+    model(x).sum().backward()
+    layer = net.layers['conv1']
+    mask = layer.mask_for(parse_subnet('nm@2:4'))
+    assert (layer.dense_weight.grad[~mask] == 0).all()
+    assert (layer.dense_weight.grad[mask] != 0).any()
+
+
+def test_channel_subnet_outputs_exact_zero_through_bias_and_bn():
+    """conv (bias) -> BN (random stats) -> ReLU: removed channels are exactly 0 after BN."""
+    for train_mode in (False, True):
+        model, _, net, x = _sparse(Residual)
+        model.train(train_mode)
+        net.set_active('channel@0.50')
+        keep = net.layers['conv1'].channel_keep(parse_subnet('channel@0.50'))
+        assert int(keep.sum()) == 8
+        seen = {}
+        model.bn1.register_forward_hook(lambda m, i, o: seen.setdefault('bn1', o))
+        model(x)
+        assert (seen['bn1'][:, ~keep] == 0).all() and (seen['bn1'][:, keep] != 0).any()
+
+
+def test_linear_and_deconv_channel_removal_zero_outputs():
+    for cls, producer in ((LinearHead, 'fc1'), (Deconv, 'upsample')):
+        model, _, net, x = _sparse(cls, ['channel@0.50'], first_layer=True)
+        net.set_active('channel@0.50')
+        seen = {}
+        getattr(model, producer).register_forward_hook(lambda m, i, o: seen.setdefault('o', o))
+        model(x)
+        keep = net.layers[producer].channel_keep(parse_subnet('channel@0.50'))
+        assert (seen['o'].movedim(1, 0)[~keep] == 0).all()
+
+
+def test_state_dict_round_trip_restores_every_mask():
+    model, _, net, x = _sparse(Residual)
+    fresh, run, _ = build(Residual, seed=1)  # different weights, no masks yet
+    fresh_net = SparseNetwork(fresh, run)
+    result = fresh.load_state_dict(model.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    fresh.eval()
+    assert [s.name for s in fresh_net.subnets()] == [s.name for s in net.subnets()]
+    for name in net.subnets():
+        for lname, layer in net.layers.items():
+            a, b = layer.mask_for(name), fresh_net.layers[lname].mask_for(name)
+            assert (a is None and b is None) or torch.equal(a, b)
+        net.set_active(name)
+        fresh_net.set_active(name)
+        assert torch.equal(model(x), fresh(x))
+
+
+def test_stock_state_dict_loads_without_missing_weight_keys():
+    model, original, net, _ = _sparse(Residual)
+    result = model.load_state_dict(original.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all('.mask_' in k for k in result.missing_keys)
+
+
+def test_masked_models_pickle_and_deepcopy():
+    model, _, net, x = _sparse(Residual)
+    net.set_active('unstructured@0.80')
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(loaded(x), model(x))
+    assert torch.equal(copy.deepcopy(model)(x), model(x))
+    assert pickle.loads(pickle.dumps(model.conv1)).active_subnet.name == 'unstructured@0.80'
+
+
+def test_make_masked_rejects_other_modules_and_works_on_subclasses():
+    class MyConv(nn.Conv2d):
+        pass
+    layer = make_masked(MyConv(2, 4, 1))
+    assert isinstance(layer, MyConv) and masked_layers(nn.Sequential(layer))
+    try:
+        make_masked(nn.BatchNorm2d(3))
+    except TypeError as e:
+        assert 'cannot mask BatchNorm2d' in str(e)
+    else:
+        raise AssertionError('BatchNorm must not be maskable')
