@@ -24,114 +24,64 @@ def keep_count(total, ratio, min_keep=1):
     return max(min(min_keep, total), total - int(round(ratio * total)))
 
 
-def _kth_largest(flat, keep, sample_desc=None):
-    """The ``keep``-th largest value of ``flat`` (exact).
-
-    For large tensors, a strided sample (sorted descending) brackets the answer and only the
-    elements between the brackets are searched; if the bracket misses (it cannot be wrong,
-    only unlucky) we fall back to a full ``kthvalue``.
-    """
-    total = flat.numel()
-    if sample_desc is not None:
-        m = sample_desc.numel()
-        pos = int(keep / total * m)
-        margin = int(4 * (m ** 0.5)) + 16
-        hi = sample_desc[max(pos - margin, 0)]
-        lo = sample_desc[min(pos + margin, m - 1)]
-        above = int((flat > hi).sum())
-        between = flat[(flat <= hi) & (flat >= lo)]
-        need = keep - above
-        if 1 <= need <= between.numel():
-            return torch.kthvalue(between, between.numel() - need + 1).values
-    return torch.kthvalue(flat, total - keep + 1).values
-
-
-def _bracket_sample(flat, size=1 << 18):
-    """For large tensors, a deterministic strided sample sorted descending; else None."""
-    if flat.numel() <= 4 * size:
-        return None
-    stride = flat.numel() // size
-    return torch.sort(flat[::stride], descending=True).values
-
-
-def _tie_indices(flat, threshold, kept_above, keep):
-    """Indices of the elements equal to ``threshold`` needed to keep exactly ``keep``."""
-    missing = keep - kept_above
-    if missing <= 0:
-        return None
-    return torch.nonzero(flat == threshold).squeeze(1)[:missing]
-
-
 def topk_mask(scores, keep):
     """Bool mask keeping exactly ``keep`` largest scores (ties: lower flat index first).
 
-    Linear time (``kthvalue``, on a bracketed slice for large tensors) plus an exact tie
-    fix-up; no full sort.
+    Linear time (a histogram or ``kthvalue`` plus an exact tie fix-up), no full sort.
     """
     total = scores.numel()
     if keep >= total:
         return torch.ones_like(scores, dtype=torch.bool)
     if keep <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    flat = scores.reshape(-1).float()
-    threshold = _kth_largest(flat, keep, _bracket_sample(flat))
-    mask = flat > threshold
-    ties = _tie_indices(flat, threshold, int(mask.sum()), keep)
-    if ties is not None:
-        mask[ties] = True
-    return mask.view(scores.shape)
+    if total <= (1 << 12):  # e.g. channel scores: a stable sort is cheapest and exact
+        mask = torch.zeros(total, dtype=torch.bool, device=scores.device)
+        mask[torch.argsort(scores.reshape(-1), descending=True, stable=True)[:keep]] = True
+        return mask.view(scores.shape)
+    return _exact_levels(scores.reshape(-1).float(), [keep]).view(scores.shape) >= 1
 
 
 def _levels_simple(flat, keeps):
-    """Thresholds (exact k-th largest values) and ``level = #{k: x >= t_k}``."""
+    """Thresholds (exact k-th largest values), ``level = #{k: x >= t_k}`` and, per
+    threshold, where its ties can be (None: anywhere)."""
     total = flat.numel()
     thresholds = torch.stack([torch.kthvalue(flat, total - k + 1).values for k in keeps])
-    return thresholds, torch.bucketize(flat, thresholds, right=True).to(torch.uint8)
+    level = torch.bucketize(flat, thresholds, right=True).to(torch.uint8)
+    return thresholds, level, [None] * len(keeps)
 
 
-def _levels_bracketed(flat, keeps, sample_size=1 << 18):
-    """:func:`_levels_simple` for large tensors, in a constant number of full passes.
+def _levels_radix(flat, keeps, drop_bits=12):
+    """:func:`_levels_simple` for large non-negative tensors, in a few linear passes.
 
-    A strided sample brackets every threshold; one ``bucketize`` against all brackets
-    counts the elements above each bracket and picks out the few inside; each threshold
-    is then found among its bracket's elements only, and the levels are a table lookup
-    plus a correction on those elements. Returns None if a bracket missed (the caller
-    falls back to the simple exact path).
+    Non-negative floats order like their int32 bit patterns, so a histogram of the top bits
+    (2048 bins per power of two) locates every threshold's bin exactly; each threshold is
+    then the k-th largest among its bin's few elements, and the levels are a table lookup
+    per bin plus a correction inside the threshold bins.
     """
-    total = flat.numel()
-    sample = torch.sort(flat[::max(1, total // sample_size)], descending=True).values
-    m = sample.numel()
-    margin = int(3 * m ** 0.5) + 16  # sample quantile error is at most ~0.5 sqrt(m)
-    his = [sample[max(int(k / total * m) - margin, 0)] for k in keeps]
-    los = [sample[min(int(k / total * m) + margin, m - 1)] for k in keeps]
-    bounds = torch.unique(torch.stack(his + los))  # sorted ascending
-    # bucket = number of bounds <= x, so x >= bounds[j] <=> bucket > j
-    bucket = torch.bucketize(flat, bounds, right=True, out_int32=True)
-    counts = torch.bincount(bucket, minlength=bounds.numel() + 1)
-    idx_hi = [int(torch.searchsorted(bounds, h)) for h in his]
-    idx_lo = [int(torch.searchsorted(bounds, lo)) for lo in los]
-    in_bracket = torch.zeros(bounds.numel() + 1, dtype=torch.bool)
-    for lo, hi in zip(idx_lo, idx_hi):  # buckets of lo <= x < hi
-        in_bracket[lo + 1:hi + 1] = True
-    cand_idx = torch.nonzero(in_bracket[bucket]).squeeze(1)
-    cand_val, cand_bucket = flat[cand_idx], bucket[cand_idx]
-    thresholds = []
-    for keep, lo, hi in zip(keeps, idx_lo, idx_hi):
-        above = int(counts[hi + 1:].sum())  # x >= hi
-        vals = cand_val[(cand_bucket > lo) & (cand_bucket <= hi)]
-        need = keep - above
-        if not 1 <= need <= vals.numel():
-            return None
-        thresholds.append(torch.kthvalue(vals, vals.numel() - need + 1).values)
-    # Elements at or above bracket k's top reach t_k; inside the bracket, compare.
-    reaches_all_above = torch.zeros(bounds.numel() + 1, dtype=torch.uint8)
-    for hi in idx_hi:
-        reaches_all_above[hi + 1:] += 1
-    level = reaches_all_above[bucket]
-    for threshold, lo, hi in zip(thresholds, idx_lo, idx_hi):
-        inside = (cand_bucket > lo) & (cand_bucket <= hi) & (cand_val >= threshold)
-        level[cand_idx[inside]] += 1
-    return torch.stack(thresholds), level
+    coarse = flat.view(torch.int32) >> drop_bits
+    counts = torch.bincount(coarse)
+    at_or_above = counts.flip(0).cumsum(0).flip(0)  # elements in bin >= b
+    bins = []
+    for keep in keeps:  # the highest bin b with at_or_above[b] >= keep holds the threshold
+        bins.append(int(torch.nonzero(at_or_above >= keep).max()))
+    is_candidate = torch.zeros(counts.numel(), dtype=torch.bool)
+    reach_table = torch.zeros(counts.numel(), dtype=torch.uint8)
+    for b in bins:
+        is_candidate[b] = True
+        reach_table[b + 1:] += 1
+    cand_idx = torch.nonzero(is_candidate[coarse]).squeeze(1)
+    cand_val, cand_bin = flat[cand_idx], coarse[cand_idx]
+    level = reach_table[coarse]
+    thresholds, tie_spaces = [], []
+    for keep, b in zip(keeps, bins):
+        above = int(at_or_above[b + 1]) if b + 1 < counts.numel() else 0
+        in_bin = cand_bin == b
+        vals = cand_val[in_bin]
+        threshold = torch.kthvalue(vals, vals.numel() - (keep - above) + 1).values
+        thresholds.append(threshold)
+        level[cand_idx[in_bin & (cand_val >= threshold)]] += 1
+        tie_spaces.append(cand_idx[in_bin])  # equal values share a bin
+    return torch.stack(thresholds), level, tie_spaces
 
 
 def nested_levels(scores, ratios):
@@ -149,23 +99,29 @@ def nested_levels(scores, ratios):
     """
     if len(ratios) > 255:
         raise SparsitySpecError(f'at most 255 nested ratios, got {len(ratios)}')
-    flat = scores.reshape(-1).float()
-    total = flat.numel()
     if not ratios:
         return torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
-    keeps = [keep_count(total, r) for r in sorted(ratios)]  # non-increasing
-    result = _levels_bracketed(flat, keeps) if total > (1 << 20) else None
+    keeps = [keep_count(scores.numel(), r) for r in sorted(ratios)]  # non-increasing
+    return _exact_levels(scores.reshape(-1).float(), keeps).view(scores.shape)
+
+
+def _exact_levels(flat, keeps):
+    """``level[i]`` = how many of the (non-increasing) ``keeps`` keep element i."""
+    total = flat.numel()
     # level = number of (ascending) thresholds t_k each element reaches (x >= t_k) ...
-    thresholds, level = result if result is not None else _levels_simple(flat, keeps)
+    nonnegative = total > (1 << 16) and int(flat.view(torch.int32).min()) >= 0  # not -0.0
+    thresholds, level, tie_spaces = (_levels_radix if nonnegative else _levels_simple)(
+        flat, keeps)
     # ... then drop surplus ties at each threshold, highest index first (so the kept ties
     # are a prefix by index at every ratio, and the masks stay nested).
     reached = torch.bincount(level, minlength=len(keeps) + 1).flip(0).cumsum(0).flip(0)
-    for k, (keep, threshold) in enumerate(zip(keeps, thresholds)):
+    for k, (keep, threshold, space) in enumerate(zip(keeps, thresholds, tie_spaces)):
         surplus = int(reached[k + 1]) - keep
         if surplus > 0:
-            ties = torch.nonzero(flat == threshold).squeeze(1)
+            ties = (torch.nonzero(flat == threshold).squeeze(1) if space is None
+                    else space[flat[space] == threshold])  # ascending indices either way
             level[ties[ties.numel() - surplus:]] -= 1
-    return level.view(scores.shape)
+    return level
 
 
 def level_mask(level, ratios, ratio):
@@ -197,8 +153,17 @@ def nm_mask(scores, n, m, in_axis=1, where='tensor'):
     check_nm(n, m, scores.shape[in_axis], where)
     moved = _in_axis_last(scores, in_axis)
     groups = moved.reshape(-1, m)
-    order = torch.argsort(groups, dim=1, descending=True, stable=True)[:, :n]
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    if m > 4:  # a stable sort is the faster exact ranking for larger groups
+        order = torch.argsort(groups, dim=1, descending=True, stable=True)[:, :n]
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    else:  # M elementwise passes: rank_i = #{j: s_j > s_i, or s_j == s_i and j < i}
+        rank = torch.zeros(groups.shape, dtype=torch.uint8, device=groups.device)
+        for j in range(m):
+            column = groups[:, j:j + 1]
+            beats = column > groups
+            beats[:, j + 1:] |= column == groups[:, j + 1:]
+            rank += beats
+        keep = rank < n
     return keep.view(moved.shape).movedim(-1, in_axis)
 
 

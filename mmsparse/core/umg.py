@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .patterns import (SparsitySpecError, block_scores, channel_mask, channel_scores_guided,
-                       channel_scores_l1, channel_scores_umm, expand_blocks, level_mask,
-                       nested_levels, nm_mask)
+from .patterns import (SparsitySpecError, block_scores, channel_mask, channel_scores_l1,
+                       channel_scores_umm, expand_blocks, nested_levels, nm_mask)
 from .subnets import parse_subnets
+
+# Sparse Cocktail's channel score weights: sum over a channel of (0.8 U + 0.2 NM) |W|.
+UNSTRUCTURED_WEIGHT, NM_WEIGHT = 0.8, 0.2
 
 
 @dataclass(frozen=True)
@@ -105,22 +107,36 @@ def generate_masks(network, subnets, spec=MaskSpec()):
             block = (b_ratios, level.contiguous(), spec.block_shape)
         channel = None
         if c_ratios and name in network.channel_layers:
-            channel = (c_ratios, torch.stack([
-                channel_mask(_channel_scores(score, layer, spec.channel_score, u_ratios,
-                                             u_levels[name], nm, i, len(c_ratios)), ratio)
-                for i, ratio in enumerate(c_ratios)]))
+            per_ratio = _channel_scores(score, layer, spec.channel_score, u_ratios,
+                                        u_levels[name], nm, len(c_ratios))
+            channel = (c_ratios, torch.stack([channel_mask(scores_i, ratio)
+                                              for scores_i, ratio in zip(per_ratio, c_ratios)]))
         layer.set_masks(unstructured=(u_ratios, u_levels[name]), nm=nm, channel=channel,
                         block=block)
 
 
-def _channel_scores(score, layer, method, u_ratios, u_level, nm, index, count):
-    """Output-channel scores of one layer for the ``index``-th of ``count`` channel ratios."""
-    if method == 'l1':
-        return channel_scores_l1(score, layer.out_axis)
-    if method == 'umm':
-        return channel_scores_umm(score, None, layer.out_axis)
-    j = _rank_match(index, count, len(u_ratios))
-    u_mask = None if j is None else level_mask(u_level, u_ratios, u_ratios[j]).float()
-    nm_mean = torch.stack([m.float() for _, m in nm]).mean(0) if nm else None
-    return channel_scores_guided(score, u_mask, nm_mean, layer.out_axis)
+def _channel_scores(score, layer, method, u_ratios, u_level, nm, count):
+    """Output-channel scores of one layer for each of ``count`` channel ratios.
 
+    For UMG this equals :func:`~.patterns.channel_scores_guided` with the unstructured mask
+    of matching rank, computed for all ranks at once: per channel, |W| is summed by
+    unstructured level, and "kept at rank j" is "level >= j + 1".
+    """
+    if method == 'l1':
+        return [channel_scores_l1(score, layer.out_axis)] * count
+    if method == 'umm':
+        return [channel_scores_umm(score, None, layer.out_axis)] * count
+    cout = score.shape[layer.out_axis]
+    per_channel = score.movedim(layer.out_axis, 0).reshape(cout, -1)
+    nm_term = 0.0
+    if nm:
+        nm_sum = sum(m.movedim(layer.out_axis, 0).reshape(cout, -1).float() for _, m in nm)
+        nm_term = NM_WEIGHT * (nm_sum / len(nm) * per_channel).sum(1)
+    if not u_ratios:
+        base = per_channel.sum(1) if not nm else 0.0
+        return [base + nm_term] * count
+    level = u_level.movedim(layer.out_axis, 0).reshape(cout, -1).long()
+    by_level = torch.zeros(cout, len(u_ratios) + 1).scatter_add_(1, level, per_channel)
+    at_least = by_level.flip(1).cumsum(1).flip(1)  # column j: sum of |w| with level >= j
+    return [UNSTRUCTURED_WEIGHT * at_least[:, _rank_match(i, count, len(u_ratios)) + 1] + nm_term
+            for i in range(count)]

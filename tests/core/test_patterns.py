@@ -17,18 +17,27 @@ def test_topk_keeps_exact_count_and_breaks_ties_by_index():
     assert topk_mask(scores, 0).sum() == 0 and topk_mask(scores, 9).all()
 
 
-@pytest.mark.parametrize('numel,ties', [(5000, False), (3000, True), (1_500_000, True),
-                                        (1_300_000, False)])
-def test_nested_levels_equal_topk_at_every_ratio(numel, ties):
-    """Small tensors use kthvalue; large ones the bracketed path. Both are exact."""
+def sort_reference(scores, keep):
+    """Independent reference: a stable descending sort keeps lower indices on ties."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.argsort(scores.reshape(-1), descending=True, stable=True)[:keep]] = True
+    return mask.view(scores.shape)
+
+
+@pytest.mark.parametrize('numel,kind', [(5000, 'rand'), (3000, 'ties'), (1_500_000, 'ties'),
+                                        (1_300_000, 'rand'), (200_000, 'signed')])
+def test_nested_levels_equal_a_sort_at_every_ratio(numel, kind):
+    """Small or signed tensors use kthvalue, large magnitudes the histogram path."""
     gen = torch.Generator().manual_seed(numel)
-    scores = (torch.randint(0, 40, (numel,), generator=gen).float() if ties
-              else torch.rand(numel, generator=gen))
+    scores = {'ties': lambda: torch.randint(0, 40, (numel,), generator=gen).float(),
+              'rand': lambda: torch.rand(numel, generator=gen),
+              'signed': lambda: torch.randn(numel, generator=gen)}[kind]()
     level = nested_levels(scores, RATIOS)
     previous = None
     for ratio in RATIOS:
         mask = level_mask(level, RATIOS, ratio)
         assert int(mask.sum()) == keep_count(numel, ratio)
+        assert torch.equal(mask, sort_reference(scores, keep_count(numel, ratio)))
         assert torch.equal(mask, topk_mask(scores, keep_count(numel, ratio)))
         if previous is not None:
             assert not (mask & ~previous).any(), 'masks must be nested'
