@@ -8,6 +8,7 @@ Registries are added here as the components that fill them land.
 """
 from mmdet.registry import DATASETS as MMDET_DATASETS
 from mmdet.registry import HOOKS as MMDET_HOOKS
+from mmdet.registry import LOOPS as MMDET_LOOPS
 from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmengine.registry import Registry
 
@@ -17,3 +18,5 @@ TRANSFORMS = Registry('transform', parent=MMDET_TRANSFORMS, scope='mmsparse',
                       locations=['mmsparse.datasets'])
 HOOKS = Registry('hook', parent=MMDET_HOOKS, scope='mmsparse',
                  locations=['mmsparse.engine.hooks'])
+LOOPS = Registry('loop', parent=MMDET_LOOPS, scope='mmsparse',
+                 locations=['mmsparse.engine.runner'])

@@ -1,8 +1,15 @@
-"""Evaluate a checkpoint with the config's evaluator (COCO bbox/segm for the shapes configs).
+"""Evaluate a checkpoint's subnets with the config's evaluator (COCO bbox/segm for detectors).
 
-Same arguments as MMDetection's ``tools/test.py``. ``--out`` ending in ``.pkl`` dumps the raw
-predictions as MMDetection does; ``--out results.json`` writes the metrics as
-``{"<subnet>": {"coco/bbox_mAP": ..., ...}}`` (mmsparse's results contract).
+Same arguments as MMDetection's ``tools/test.py``, plus:
+
+* ``--subnets all|NAME[,NAME...]`` (default ``dense``): each chosen subnet is evaluated by
+  switching masks; the model is built and the data loaded once. A checkpoint's masked layers
+  are attached automatically; a checkpoint without masks is evaluated as ``dense``.
+* ``--recalibrate-bn N``: re-estimate BatchNorm statistics on N training batches per subnet.
+* ``--out results.json``: ``{"<subnet>": {"coco/bbox_mAP": ..., "sparsity": ..., "params":
+  ..., "flops": ...}}``; ``--out x.pkl`` dumps raw predictions as MMDetection does (one
+  subnet only).
+* ``--report DIR``: results.md, results.csv and results.png (mAP against sparsity).
 """
 import argparse
 import json
@@ -16,6 +23,7 @@ import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.launch import apply_common_args, build_runner, set_local_rank
+from mmsparse.evaluation import format_table, split_subnet_metrics, write_report
 
 
 def parse_args():
@@ -25,6 +33,12 @@ def parse_args():
     parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', help='results.json (metrics per subnet) or a .pkl file of '
                         'raw predictions')
+    parser.add_argument('--subnets', default='dense',
+                        help="'all', or comma-separated subnet names (default: dense)")
+    parser.add_argument('--recalibrate-bn', type=int, default=0, metavar='N',
+                        help='re-estimate BatchNorm statistics on N training batches per subnet')
+    parser.add_argument('--report', metavar='DIR',
+                        help='write results.md, results.csv and results.png to DIR')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory to save painted images')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
@@ -52,6 +66,16 @@ def trigger_visualization_hook(cfg, args):
         hook['test_out_dir'] = args.show_dir
 
 
+def setup_subnet_evaluation(cfg, args):
+    """Attach the checkpoint's masks (unless the config does) and loop over the subnets."""
+    hooks = cfg.get('custom_hooks', None) or []
+    if not any('SparseSubnetsHook' in str(h.get('type', '')) for h in hooks):
+        cfg.custom_hooks = [*hooks, dict(type='mmsparse.SparseSubnetsHook')]
+    fp16 = (cfg.get('test_cfg') or {}).get('fp16', False)
+    cfg.test_cfg = dict(type='mmsparse.SubnetTestLoop', subnets=args.subnets,
+                        recalibrate_bn=args.recalibrate_bn, fp16=fp16)
+
+
 def main():
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
@@ -69,16 +93,25 @@ def main():
     if args.out is not None and not dump_predictions and not args.out.endswith('.json'):
         raise ValueError(f'--out must end with .json (metrics) or .pkl (predictions), '
                          f'got {args.out!r}')
+    if dump_predictions and (args.subnets == 'all' or ',' in args.subnets):
+        raise ValueError('--out .pkl dumps the predictions of one subnet; pass a single '
+                         '--subnets name')
+    setup_subnet_evaluation(cfg, args)
     if dump_predictions:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) \
             else list(cfg.test_evaluator)
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
     runner = build_runner(cfg)
-    metrics = runner.test()
-    if args.out is not None and not dump_predictions and is_main_process():
+    results = split_subnet_metrics(runner.test())
+    if not is_main_process():
+        return
+    print(format_table(results))
+    if args.out is not None and not dump_predictions:
         with open(args.out, 'w') as f:
-            json.dump({'dense': metrics}, f, indent=2)
-        print(f'metrics written to {args.out}')
+            json.dump(results, f, indent=2)
+        print(f'results written to {args.out}')
+    if args.report:
+        print(f'report written to {write_report(results, args.report)}')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,6 @@
 """MMDetection-side adapters of the core: how to run a detector for graph analysis."""
-from .detector_run import detector_loss_run, sparsify_detector
+from .detector_run import (attach_network, attached_network, detector_loss_run,
+                           detector_predict_run, sparsify_detector)
 
-__all__ = ['detector_loss_run', 'sparsify_detector']
+__all__ = ['attach_network', 'attached_network', 'detector_loss_run', 'detector_predict_run',
+           'sparsify_detector']

@@ -34,3 +34,25 @@ def sparsify_detector(model, include=('*', ), exclude=(), image_size=(128, 128),
     """Make a :class:`~mmsparse.core.SparseNetwork` of an MMDetection detector."""
     return SparseNetwork(model, detector_loss_run(image_size), include=include,
                          exclude=exclude, **kwargs)
+
+
+def detector_predict_run(data_batch):
+    """A ``run(model)`` doing inference on a real (collated) data batch.
+
+    Used to count FLOPs with the test-time number of proposals and the real image size.
+    """
+    def run(model):
+        data = model.data_preprocessor(data_batch, False)
+        return model.predict(data['inputs'], data['data_samples'])
+    return run
+
+
+def attached_network(model):
+    """The :class:`~mmsparse.core.SparseNetwork` attached to ``model`` (unwrapped), or None."""
+    return getattr(model, '_mmsparse_network', None)
+
+
+def attach_network(model, network):
+    """Remember ``network`` on the (unwrapped) model so loops and hooks can find it."""
+    object.__setattr__(model, '_mmsparse_network', network)  # not a submodule
+    return network

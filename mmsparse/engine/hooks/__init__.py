@@ -1,1 +1,4 @@
 """Registered mmengine hooks (one per file)."""
+from .sparse_subnets_hook import SparseSubnetsHook
+
+__all__ = ['SparseSubnetsHook']

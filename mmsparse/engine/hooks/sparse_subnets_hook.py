@@ -1,0 +1,106 @@
+"""Attach mmsparse's masked layers to the Runner's model (train and test)."""
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmsparse.core import MaskSpec, check_selection, generate_masks, parse_subnets
+from mmsparse.core.subnets import cocktail_subnets
+from mmsparse.models import attach_network, attached_network, sparsify_detector
+from mmsparse.registry import HOOKS
+
+MASK_KEY = '.mask_'
+SUBNET_SETS = {'cocktail': cocktail_subnets}
+
+
+def unwrap(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+def masked_layer_names(state_dict):
+    """Names of the masked layers in a state dict; empty if it holds no subnet's mask.
+
+    Every masked layer has all mask buffers (possibly empty for some patterns), so layers
+    are found by the buffers' presence and the checkpoint "holds masks" when any is filled.
+    """
+    names = sorted(k[:-len('.mask_unstructured_ratios')] for k in state_dict
+                   if k.endswith('.mask_unstructured_ratios'))
+    filled = any(v.numel() > 0 for k, v in state_dict.items()
+                 if MASK_KEY in k and (k.endswith('_ratios') or k.endswith('_nm_nm')))
+    return names if filled else []
+
+
+def checkpoint_masked_layers(path):
+    """Masked layer names in an mmengine checkpoint file."""
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    return masked_layer_names(checkpoint.get('state_dict', checkpoint))
+
+
+def holds_masks(network):
+    return any(s.name != 'dense' for s in network.subnets())
+
+
+@HOOKS.register_module()
+class SparseSubnetsHook(Hook):
+    """Turn the model's chosen layers into masked layers holding ``subnets``.
+
+    Runs at ``before_run``, i.e. before mmengine loads or resumes a checkpoint, so the mask
+    buffers exist and load with it. In training, masks are generated from the weights at
+    ``before_train`` when the loaded checkpoint held none.
+
+    Args:
+        subnets: Subnet names, or ``'cocktail'`` for the 24 Sparse Cocktail subnets. None:
+            take the masked layers from the checkpoint being loaded (``load_from``), as
+            ``tools/test.py`` does; a checkpoint without masks leaves the model dense.
+        include, exclude, sparsify_input_layers, sparsify_output_layers: layer selection
+            (see :func:`mmsparse.core.select_layers`).
+        mask_spec: kwargs of :class:`mmsparse.core.MaskSpec`.
+        analysis_image_size: (H, W) of the synthetic image for dependency analysis.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, subnets=None, include=('*', ), exclude=(), sparsify_input_layers=False,
+                 sparsify_output_layers=False, mask_spec=None, analysis_image_size=(128, 128)):
+        if isinstance(subnets, str):
+            if subnets not in SUBNET_SETS:
+                raise ValueError(f'unknown subnet set {subnets!r}; known: {sorted(SUBNET_SETS)}'
+                                 ' (or give a list of subnet names)')
+            subnets = SUBNET_SETS[subnets]()
+        self.subnets = None if subnets is None else parse_subnets(subnets)
+        self.include, self.exclude = tuple(include), tuple(exclude)
+        self.sparsify_input_layers = sparsify_input_layers
+        self.sparsify_output_layers = sparsify_output_layers
+        self.mask_spec = MaskSpec(**(mask_spec or {}))
+        self.analysis_image_size = tuple(analysis_image_size)
+
+    def before_run(self, runner):
+        model = unwrap(runner.model)
+        if attached_network(model) is not None:
+            return
+        if self.subnets is not None:
+            network = sparsify_detector(model, self.include, self.exclude,
+                                        self.analysis_image_size,
+                                        sparsify_input_layers=self.sparsify_input_layers,
+                                        sparsify_output_layers=self.sparsify_output_layers)
+            check_selection(network, self.subnets, self.mask_spec.block_shape)
+        else:
+            load_from = runner.cfg.get('load_from')
+            names = checkpoint_masked_layers(load_from) if load_from else []
+            if not names:
+                runner.logger.info('mmsparse: the checkpoint holds no masks; only the dense '
+                                   'network can be evaluated')
+                return
+            network = sparsify_detector(model, names, (), self.analysis_image_size,
+                                        sparsify_input_layers=True,
+                                        sparsify_output_layers=True)
+        attach_network(model, network)
+        runner.logger.info(f'mmsparse: {len(network.layers)} masked layers '
+                           f'({len(network.channel_layers)} with removable channels)')
+
+    def before_train(self, runner):
+        network = attached_network(unwrap(runner.model))
+        if network is None or self.subnets is None or holds_masks(network):
+            return
+        generate_masks(network, self.subnets, self.mask_spec)
+        runner.logger.info('mmsparse: generated masks for '
+                           f'{", ".join(s.name for s in network.subnets())}')

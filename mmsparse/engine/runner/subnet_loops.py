@@ -1,0 +1,154 @@
+"""Evaluate many subnets in one run: the model and the data are built once, masks switch.
+
+Like MMDetection's ``TeacherStudentValLoop`` and mmrazor's slimmable loops, each subnet is a
+full pass over the dataloader with the config's evaluator, and the metric keys are prefixed
+with the subnet name (``nm@2:4/coco/bbox_mAP``). Each subnet's measured sparsity, parameters
+and FLOPs are added (``nm@2:4/sparsity`` ...); FLOPs are per image: the first test image, with the dense network's RoIs.
+"""
+import contextlib
+
+from mmengine.dist import is_main_process
+from mmengine.runner import TestLoop, ValLoop
+from mmengine.utils import ProgressBar
+
+from mmsparse.core import DENSE, parse_subnet, record_positions, subnet_stats
+from mmsparse.core.batchnorm import recalibrated_bn
+from mmsparse.core.subnets import SubnetNameError
+from mmsparse.models import attached_network, detector_predict_run
+from mmsparse.registry import LOOPS
+from ..hooks.sparse_subnets_hook import unwrap
+
+
+def resolve_subnets(network, subnets):
+    """Subnet specs to evaluate: ``'all'``, a name, or a list/comma-separated names.
+
+    Raises:
+        SubnetNameError: for names the model does not hold, listing the valid ones; for any
+            sparse name when the model holds no masks.
+    """
+    if isinstance(subnets, str):
+        subnets = [s for s in subnets.split(',') if s.strip()]
+    held = network.subnets() if network is not None else [DENSE]
+    if list(subnets) == ['all']:
+        return held
+    specs = [parse_subnet(s) for s in subnets]
+    for spec in specs:
+        if spec not in held:
+            if network is None:
+                raise SubnetNameError(
+                    f'subnet {spec.name!r} requested, but the checkpoint holds no sparse '
+                    "subnets (no mask buffers): only 'dense' can be evaluated")
+            raise SubnetNameError(f'unknown subnet {spec.name!r}; the checkpoint holds: '
+                                  f'{", ".join(s.name for s in held)}')
+    return specs
+
+
+class _SubnetEvaluation:
+    """What the test and val loops share: one evaluation pass per subnet."""
+
+    def _init_subnets(self, subnets, recalibrate_bn):
+        self.subnets = subnets
+        self.recalibrate_bn = int(recalibrate_bn)
+        self._positions = None
+
+    def _calibration(self, network, model):
+        """Context that recalibrates BatchNorm on training batches, or does nothing."""
+        if not self.recalibrate_bn:
+            return contextlib.nullcontext()
+        loader = self.runner.build_dataloader(self.runner.cfg.train_dataloader)
+        batches = []
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) >= self.recalibrate_bn:
+                break
+        return recalibrated_bn(model, lambda m: [detector_predict_run(b)(m) for b in batches])
+
+    def _stats(self, network, model, spec):
+        if network is None:
+            return {}
+        if self._positions is None:
+            # FLOPs per image, on the first test image alone: every rank and every process
+            # count the same input, whatever the sharding and batch size.
+            # Positions are recorded with the dense network active, so a head's RoI count
+            # (and hence the FLOPs) does not depend on which subnet came first.
+            sample = self.dataloader.collate_fn([self.dataloader.dataset[0]])
+            network.set_active(DENSE)
+            self._positions = record_positions(model, detector_predict_run(sample))
+            network.set_active(spec)
+        stats = subnet_stats(network, spec, self._positions)
+        return dict(sparsity=stats.sparsity, params=stats.params, flops=stats.flops)
+
+    def _one_pass(self):
+        """One pass of the loop's dataloader and evaluator (the loop's own ``run_iter``)."""
+        self.runner.model.eval()
+        for idx, data_batch in enumerate(self.dataloader):
+            self.run_iter(idx, data_batch)
+        return self.evaluator.evaluate(len(self.dataloader.dataset))
+
+    def _run_phase(self, phase):
+        """The hook calls of mmengine's test/val loop around one pass per subnet."""
+        self.runner.call_hook(f'before_{phase}')
+        self.runner.call_hook(f'before_{phase}_epoch')
+        metrics = self._evaluate_subnets()
+        self.runner.call_hook(f'after_{phase}_epoch', metrics=metrics)
+        self.runner.call_hook(f'after_{phase}')
+        return metrics
+
+    def _evaluate_subnets(self):
+        """One pass per subnet; return the prefixed metrics of all subnets."""
+        model = unwrap(self.runner.model)
+        network = attached_network(model)
+        specs = resolve_subnets(network, self.subnets)
+        results = {}
+        bar = ProgressBar(len(specs)) if is_main_process() and len(specs) > 1 else None
+        try:
+            for spec in specs:
+                if network is not None:
+                    network.set_active(spec)
+                with self._calibration(network, model):
+                    metrics = self._one_pass()
+                metrics.update(self._stats(network, model, spec))
+                self.runner.logger.info(f'mmsparse: {spec.name}: ' + ', '.join(
+                    f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                    for k, v in metrics.items()))
+                results.update({f'{spec.name}/{k}': v for k, v in metrics.items()})
+                if bar is not None:
+                    bar.update()
+        finally:
+            if network is not None:
+                network.set_active(DENSE)
+        return results
+
+
+@LOOPS.register_module()
+class SubnetTestLoop(_SubnetEvaluation, TestLoop):
+    """Test loop over subnets.
+
+    Args:
+        subnets: ``'all'`` (every subnet the checkpoint holds), a name, a comma-separated
+            string or a list of names.
+        recalibrate_bn: Re-estimate BatchNorm statistics on this many training batches
+            per subnet before evaluating it (restored afterwards); 0 to disable.
+    """
+
+    def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
+                 recalibrate_bn=0):
+        super().__init__(runner, dataloader, evaluator, fp16)
+        self._init_subnets(subnets, recalibrate_bn)
+
+    def run(self):
+        return self._run_phase('test')
+
+
+@LOOPS.register_module()
+class SubnetValLoop(_SubnetEvaluation, ValLoop):
+    """Validation loop over a chosen set of subnets (same arguments as
+    :class:`SubnetTestLoop`), so validation during training tracks several subnets."""
+
+    def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
+                 recalibrate_bn=0):
+        super().__init__(runner, dataloader, evaluator, fp16)
+        self._init_subnets(subnets, recalibrate_bn)
+
+    def run(self):
+        return self._run_phase('val')
