@@ -2,7 +2,7 @@
 from .attach import (ChannelOutputMask, LayerSelectionError, SparseNetwork, check_selection,
                      select_layers)
 from .dependency import ChannelInfo, GraphInfo, analyze_channels
-from .layers import MaskedLayerMixin, is_masked, make_masked, masked_layers
+from .layers import MaskedLayerMixin, is_mask_key, is_masked, make_masked, masked_layers
 from .patterns import SparsitySpecError
 from .stats import SubnetStats, record_positions, subnet_stats
 from .subnets import (DENSE, SubnetNameError, SubnetSpec, cocktail_subnets, parse_subnet,
@@ -13,6 +13,6 @@ __all__ = [
     'ChannelInfo', 'ChannelOutputMask', 'DENSE', 'GraphInfo', 'LayerSelectionError',
     'MaskSpec', 'MaskedLayerMixin', 'SparseNetwork', 'SparsitySpecError', 'SubnetNameError',
     'SubnetSpec', 'SubnetStats', 'analyze_channels', 'check_selection', 'cocktail_subnets',
-    'generate_masks', 'is_masked', 'make_masked', 'masked_layers', 'parse_subnet',
+    'generate_masks', 'is_mask_key', 'is_masked', 'make_masked', 'masked_layers', 'parse_subnet',
     'parse_subnets', 'record_positions', 'select_layers', 'subnet_stats'
 ]

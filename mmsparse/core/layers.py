@@ -29,6 +29,12 @@ _MASK_BUFFERS = ('mask_unstructured_level', 'mask_unstructured_ratios', 'mask_bl
                  'mask_channel', 'mask_channel_ratios')
 
 
+def is_mask_key(key):
+    """True for a state-dict key of a mask buffer (``...conv1.mask_nm_bits``), not for
+    e.g. ``roi_head.mask_head.convs.0.conv.weight``."""
+    return key.rsplit('.', 1)[-1].startswith('mask_')
+
+
 def weight_axes(module):
     """``(out_axis, in_axis)`` of a layer's weight (ConvTranspose stores (Cin, Cout, ...))."""
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):

@@ -5,9 +5,31 @@ forward covers every head a detector has (RPN, RoI box and mask heads, dense hea
 an inference forward does not (RPN objectness only ranks proposals there), so we build a
 small batch with ground truth using MMDetection's own ``demo_mm_inputs``.
 """
+import contextlib
+
+import numpy as np
+import torch
 from mmdet.testing import demo_mm_inputs
 
 from mmsparse.core import SparseNetwork
+
+
+@contextlib.contextmanager
+def isolated_rng(seed=0):
+    """Run with torch's and numpy's global RNGs seeded, then restore the caller's state.
+
+    A loss forward samples anchors and RoIs from the global RNGs: seeding makes the analysis
+    the same in every process (so every rank and every run selects the same layers), and
+    restoring keeps the training's random stream untouched.
+    """
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
 
 
 def detector_loss_run(image_size=(128, 128), num_items=3, with_mask=None):
@@ -25,8 +47,9 @@ def detector_loss_run(image_size=(128, 128), num_items=3, with_mask=None):
                                 num_items=[num_items], num_classes=2, with_mask=has_mask)
         for sample in packed['data_samples']:  # class 0 exists in every detector
             sample.gt_instances.labels.zero_()
-        data = model.data_preprocessor(packed, True)
-        return model.loss(data['inputs'], data['data_samples'])
+        with isolated_rng():
+            data = model.data_preprocessor(packed, True)
+            return model.loss(data['inputs'], data['data_samples'])
     return run
 
 

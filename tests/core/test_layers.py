@@ -6,7 +6,8 @@ import pickle
 import torch
 from torch import nn
 
-from mmsparse.core import SparseNetwork, generate_masks, make_masked, masked_layers
+from mmsparse.core import (SparseNetwork, generate_masks, is_mask_key, make_masked,
+                           masked_layers)
 from mmsparse.core.subnets import parse_subnet
 from tiny_models import Deconv, LinearHead, Residual, build
 
@@ -110,7 +111,7 @@ def test_stock_state_dict_loads_without_missing_weight_keys():
     model, original, net, _ = _sparse(Residual)
     result = model.load_state_dict(original.state_dict(), strict=False)
     assert result.unexpected_keys == []
-    assert result.missing_keys and all('.mask_' in k for k in result.missing_keys)
+    assert result.missing_keys and all(is_mask_key(k) for k in result.missing_keys)
 
 
 def test_masked_models_pickle_and_deepcopy():
@@ -136,3 +137,10 @@ def test_make_masked_rejects_other_modules_and_works_on_subclasses():
         assert 'cannot mask BatchNorm2d' in str(e)
     else:
         raise AssertionError('BatchNorm must not be maskable')
+
+
+def test_is_mask_key_is_precise():
+    assert is_mask_key('backbone.layer1.0.conv1.mask_nm_bits')
+    assert is_mask_key('roi_head.mask_head.convs.0.conv.mask_unstructured_level')
+    assert not is_mask_key('roi_head.mask_head.convs.0.conv.weight')
+    assert not is_mask_key('roi_head.mask_head.conv_logits.bias')

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmsparse.core import (LayerSelectionError, MaskSpec, SparseNetwork, SparsitySpecError,
-                           SubnetNameError, generate_masks, select_layers)
+                           SubnetNameError, generate_masks, is_mask_key, select_layers)
 from mmsparse.core.patterns import channel_mask, channel_scores_guided, keep_count
 from mmsparse.core.subnets import parse_subnet
 from tiny_models import FPNLike, LinearHead, Residual, build
@@ -44,7 +44,7 @@ def test_same_weights_and_spec_give_the_same_masks():
     generate_masks(a, subnets, spec)
     generate_masks(b, subnets, spec)
     sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa if '.mask_' in k)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if is_mask_key(k))
 
 
 def test_channel_masks_exact_count_and_guided_by_other_patterns():

@@ -3,12 +3,11 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from mmsparse.core import MaskSpec, check_selection, generate_masks, parse_subnets
+from mmsparse.core import MaskSpec, check_selection, generate_masks, is_mask_key, parse_subnets
 from mmsparse.core.subnets import cocktail_subnets
 from mmsparse.models import attach_network, attached_network, sparsify_detector
 from mmsparse.registry import HOOKS
 
-MASK_KEY = '.mask_'
 SUBNET_SETS = {'cocktail': cocktail_subnets}
 
 
@@ -25,7 +24,7 @@ def masked_layer_names(state_dict):
     names = sorted(k[:-len('.mask_unstructured_ratios')] for k in state_dict
                    if k.endswith('.mask_unstructured_ratios'))
     filled = any(v.numel() > 0 for k, v in state_dict.items()
-                 if MASK_KEY in k and (k.endswith('_ratios') or k.endswith('_nm_nm')))
+                 if is_mask_key(k) and (k.endswith('_ratios') or k.endswith('_nm_nm')))
     return names if filled else []
 
 

@@ -1,0 +1,94 @@
+"""Co-training schedules as pure functions of the iteration counter.
+
+Being stateless, they give every rank the same answer without communication and continue
+exactly on resume: the iteration counter is all the state there is.
+
+* :func:`stage_at`: gradual ratio increase inside one training schedule. Stages unlock on a
+  polynomial (cubic by default, as in gradual magnitude pruning) between ``start`` and
+  ``end`` (fractions of training): fast early, slow late.
+* :func:`cocktail_step`: Sparse Cocktail's dense-pivot order, one network per iteration:
+  D, U, D, C, D, NM, ... (a dense step before every sparse step), and which ratio of the
+  pattern the sparse step trains.
+"""
+import hashlib
+from dataclasses import dataclass
+
+RATIO_MODES = ('current', 'unlocked')
+
+
+def polynomial_progress(iteration, max_iters, start=0.0, end=0.8, power=3):
+    """Progress in [0, 1]: ``1 - (1 - x)^power`` with x the position between start and end."""
+    begin, finish = start * max_iters, end * max_iters
+    if iteration <= begin:
+        return 0.0
+    if iteration >= finish or finish <= begin:
+        return 1.0
+    x = (iteration - begin) / (finish - begin)
+    return 1.0 - (1.0 - x) ** power
+
+
+def stage_at(iteration, max_iters, num_stages, start=0.0, end=0.8, power=3):
+    """Stage (1..num_stages) at ``iteration``: how many ratios are unlocked.
+
+    Stage 1 from the start; the last stage from ``end`` on; in between on the polynomial.
+    """
+    progress = polynomial_progress(iteration, max_iters, start, end, power)
+    return min(num_stages, 1 + int(progress * (num_stages - 1) + 1e-9))
+
+
+def stage_boundaries(max_iters, num_stages, start=0.0, end=0.8, power=3):
+    """Iterations at which stages 2..num_stages begin (for logs and tests)."""
+    boundaries, stage = [], 1
+    for it in range(max_iters + 1):
+        now = stage_at(it, max_iters, num_stages, start, end, power)
+        if now > stage:
+            boundaries.extend([it] * (now - stage))
+            stage = now
+    return boundaries
+
+
+def _pick(iteration, count, salt):
+    """A deterministic choice in ``range(count)`` from the iteration (same on all ranks)."""
+    digest = hashlib.sha256(f'{salt}:{iteration}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'little') % count
+
+
+@dataclass(frozen=True)
+class CocktailStep:
+    """What iteration t trains: ``pattern`` ('dense', 'unstructured', ...) and ``index``
+    into that pattern's ratios (sorted ascending; 0 for dense)."""
+    pattern: str
+    index: int = 0
+
+
+def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='unlocked',
+                  seed=0):
+    """Dense-pivot co-training: which network iteration ``iteration`` trains.
+
+    Even iterations train dense; odd ones cycle through ``patterns`` (D, U, D, C, D, NM, ...).
+
+    Args:
+        iteration: The global iteration counter.
+        patterns: Sparse patterns in cycle order, e.g. ('unstructured', 'channel', 'nm').
+        ratio_counts: pattern -> how many subnets (ratios) it has.
+        stage: Current stage (1..num_stages) from :func:`stage_at`.
+        num_stages: Number of stages.
+        mode: ``'current'`` trains the current stage's ratio of each pattern (the paper);
+            ``'unlocked'`` samples uniformly among all ratios unlocked so far, so earlier
+            ratios keep being trained. Patterns whose subnets are not nested by ratio (N:M)
+            are always sampled among all their subnets.
+        seed: Salt of the deterministic sampling.
+    """
+    if mode not in RATIO_MODES:
+        raise ValueError(f'ratio mode must be one of {RATIO_MODES}, got {mode!r}')
+    if iteration % 2 == 0 or not patterns:
+        return CocktailStep('dense')
+    pattern = patterns[(iteration // 2) % len(patterns)]
+    count = ratio_counts[pattern]
+    if pattern == 'nm':  # 1:2, 2:4, 4:8 are all 50%: no ratio progression to follow
+        return CocktailStep(pattern, _pick(iteration, count, f'{seed}:{pattern}'))
+    # Stage s unlocks the first ceil(s / S * count) ratios (all of them in the last stage).
+    unlocked = max(1, -(-stage * count // num_stages))
+    if mode == 'current':
+        return CocktailStep(pattern, unlocked - 1)
+    return CocktailStep(pattern, _pick(iteration, unlocked, f'{seed}:{pattern}'))

@@ -1,0 +1,125 @@
+"""Sparse Cocktail co-training inside MMDetection's own training loop."""
+from mmengine.dist import broadcast, is_distributed
+from mmengine.hooks import Hook
+
+from mmsparse.core import DENSE, generate_masks
+from mmsparse.core.schedules import RATIO_MODES, cocktail_step, stage_at
+from mmsparse.models import attached_network
+from mmsparse.registry import HOOKS
+from .sparse_subnets_hook import unwrap
+
+
+def broadcast_masks(network):
+    """Make every rank's masks rank 0's (they already agree when computed from DDP's
+    synchronised weights; this makes it explicit and robust to numeric drift)."""
+    if not is_distributed():
+        return
+    for layer in network.layers.values():
+        for name, buffer in layer.named_buffers(recurse=False):
+            if name.startswith('mask_'):
+                broadcast(buffer, 0)
+        layer._mask_version += 1
+
+
+@HOOKS.register_module()
+class SparseCocktailHook(Hook):
+    """Dense-pivot co-training of every subnet with gradual ratio increase (Sparse Cocktail).
+
+    Needs :class:`SparseSubnetsHook` (which attaches the masked layers and the subnets).
+    Each iteration trains one network: even iterations the dense one, odd iterations one
+    sparse subnet, cycling through the patterns (D, U, D, C, D, NM, ...). Ratios unlock in
+    ``num_stages`` stages on a polynomial schedule inside the one training schedule, and at
+    every stage boundary all masks are regenerated from the current weights by unified
+    mask generation. Everything is a function of the iteration counter, so all ranks agree
+    and ``--resume`` continues exactly.
+
+    Args:
+        patterns: Sparse patterns in cycle order; default: those the model holds, in the
+            order unstructured, channel, nm, block.
+        num_stages: Number of ratio stages; default: the most ratios any pattern has.
+        stage_start, stage_end, stage_power: the stage schedule (fractions of training).
+        ratio_mode: ``'unlocked'`` (default) samples each sparse step's ratio among all
+            ratios unlocked so far; ``'current'`` trains only the current stage's ratio (the
+            paper's choice, earlier ratios may drift).
+        regenerate_masks: Regenerate masks at stage boundaries (default True).
+        seed: Salt of the deterministic ratio sampling.
+    """
+
+    priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
+
+    def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
+                 stage_power=3, ratio_mode='unlocked', regenerate_masks=True, seed=0):
+        if ratio_mode not in RATIO_MODES:
+            raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
+        self.patterns = None if patterns is None else tuple(patterns)
+        self.num_stages = num_stages
+        self.schedule = dict(start=stage_start, end=stage_end, power=stage_power)
+        self.ratio_mode = ratio_mode
+        self.regenerate_masks = regenerate_masks
+        self.seed = seed
+        self.current = DENSE
+
+    def _network(self, runner):
+        network = attached_network(unwrap(runner.model))
+        if network is None:
+            raise RuntimeError('SparseCocktailHook needs SparseSubnetsHook in custom_hooks '
+                               '(it attaches the masked layers and the subnets)')
+        return network
+
+    def before_train(self, runner):
+        network = self._network(runner)
+        by_pattern = {}
+        for spec in network.subnets():
+            if spec.pattern != 'dense':
+                by_pattern.setdefault(spec.pattern, []).append(spec)
+        order = ('unstructured', 'channel', 'nm', 'block')
+        patterns = self.patterns or tuple(p for p in order if p in by_pattern)
+        missing = [p for p in patterns if p not in by_pattern]
+        if missing:
+            raise ValueError(f'SparseCocktailHook: the model holds no {missing} subnets; it '
+                             f'holds {sorted(by_pattern)}')
+        self.by_pattern = {p: sorted(by_pattern[p], key=lambda s: s.sort_key) for p in patterns}
+        self.cycle = patterns
+        self.stages = self.num_stages or max(len(v) for v in self.by_pattern.values())
+        self.max_iters = runner.max_iters
+        # The stage of the last completed iteration: a resumed run regenerates at the next
+        # boundary exactly where an uninterrupted run would.
+        self.stage = self.stage_at(max(runner.iter - 1, 0))
+
+    def stage_at(self, iteration):
+        return stage_at(iteration, self.max_iters, self.stages, **self.schedule)
+
+    def step_at(self, iteration):
+        """The subnet iteration ``iteration`` trains."""
+        step = cocktail_step(iteration, self.cycle,
+                             {p: len(v) for p, v in self.by_pattern.items()},
+                             self.stage_at(iteration), self.stages, self.ratio_mode, self.seed)
+        return DENSE if step.pattern == 'dense' else self.by_pattern[step.pattern][step.index]
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        network = self._network(runner)
+        stage = self.stage_at(runner.iter)
+        if stage != self.stage:
+            if self.regenerate_masks:
+                generate_masks(network, network.subnets())
+                broadcast_masks(network)
+            runner.logger.info(f'mmsparse: iteration {runner.iter}: stage {stage}/'
+                               f'{self.stages}' + (', masks regenerated'
+                                                   if self.regenerate_masks else ''))
+            self.stage = stage
+        self.current = self.step_at(runner.iter)
+        network.set_active(self.current)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        hub = runner.message_hub
+        hub.update_scalar('train/stage', self.stage)
+        if outputs is not None and 'loss' in outputs:
+            loss = outputs['loss']
+            hub.update_scalar(f'train/loss_{self.current.pattern}',
+                              float(loss.detach()) if hasattr(loss, 'detach') else float(loss))
+        if self.every_n_train_iters(runner, runner.log_processor.window_size):
+            runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name} '
+                               f'(stage {self.stage}/{self.stages})')
+
+    def after_train(self, runner):
+        self._network(runner).set_active(DENSE)

@@ -1,0 +1,48 @@
+"""Co-training schedules: pure functions of the iteration counter."""
+import pytest
+
+from mmsparse.core.schedules import (cocktail_step, polynomial_progress, stage_at,
+                                     stage_boundaries)
+
+PATTERNS = ('unstructured', 'channel', 'nm')
+COUNTS = {'unstructured': 10, 'channel': 10, 'nm': 3}
+
+
+def test_dense_pivot_order():
+    steps = [cocktail_step(t, PATTERNS, COUNTS, 10, 10).pattern for t in range(12)]
+    assert steps == ['dense', 'unstructured', 'dense', 'channel', 'dense', 'nm'] * 2
+
+
+def test_steps_are_deterministic_functions_of_the_iteration():
+    a = [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked') for t in range(200)]
+    b = [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked') for t in reversed(range(200))]
+    assert a == b[::-1]
+    assert a != [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked', seed=1)
+                 for t in range(200)]
+
+
+def test_cubic_stages_rise_fast_then_slow():
+    stages = [stage_at(t, 1000, 10) for t in range(1001)]
+    assert stages[0] == 1 and stages[800] == 10 and stages[-1] == 10
+    assert all(b >= a for a, b in zip(stages, stages[1:]))
+    bounds = stage_boundaries(1000, 10)
+    assert len(bounds) == 9
+    gaps = [b - a for a, b in zip(bounds, bounds[1:])]
+    assert gaps[0] < gaps[-1], 'cubic: early boundaries come faster'
+    assert polynomial_progress(400, 1000, 0.0, 0.8, power=1) == pytest.approx(0.5)
+
+
+def test_ratio_modes():
+    stage, stages = 4, 10  # 4 of 10 unstructured ratios unlocked
+    odd = [t for t in range(1, 4000, 2) if cocktail_step(t, PATTERNS, COUNTS, stage, stages)
+           .pattern == 'unstructured']
+    current = {cocktail_step(t, PATTERNS, COUNTS, stage, stages, 'current').index for t in odd}
+    unlocked = {cocktail_step(t, PATTERNS, COUNTS, stage, stages, 'unlocked').index
+                for t in odd}
+    assert current == {3}
+    assert unlocked == {0, 1, 2, 3}
+    nm = {cocktail_step(t, PATTERNS, COUNTS, 1, stages, 'current').index
+          for t in range(5, 4000, 6)}
+    assert nm == {0, 1, 2}, 'N:M subnets are all 50%: always sampled among all'
+    with pytest.raises(ValueError, match='ratio mode'):
+        cocktail_step(1, PATTERNS, COUNTS, 1, 10, 'random')

@@ -1,0 +1,132 @@
+"""Sparse Cocktail co-training in MMDetection's loop: stage boundaries regenerate masks,
+resume is exact, two gloo processes agree, configs inheriting mmdet:: build."""
+import shutil
+import textwrap
+
+import pytest
+import torch
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+
+import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
+from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from mmsparse.core import cocktail_subnets, generate_masks, is_mask_key
+from mmsparse.core.schedules import stage_at
+from mmsparse.models import sparsify_detector
+
+ITERS = 12
+
+
+def _config(tmp_path, extra=''):
+    cfg = tmp_path / 'cocktail_tiny.py'
+    cfg.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
+        train_cfg = dict(max_iters={ITERS}, val_interval=1000)
+        default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=2))
+        log_processor = dict(window_size=2)
+    ''') + extra)
+    return cfg
+
+
+def _masks(path, masks=True):
+    state = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+    return {k: v for k, v in state.items() if is_mask_key(k) == masks}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, tiny_data):
+    root = tmp_path_factory.mktemp('cocktail')
+    cfg = _config(root)
+    result = run_tool(['tools/train.py', cfg, '--work-dir', root / 'a'])
+    assert_ok(result)
+    return root, cfg, result.stdout + result.stderr
+
+
+def test_training_logs_subnet_stage_and_pattern_losses(uninterrupted):
+    _, _, log = uninterrupted
+    assert 'stage:' in log and 'loss_dense:' in log and 'loss_unstructured:' in log
+    assert 'trained channel@' in log and 'masks regenerated' in log
+
+
+def test_stage_boundaries_regenerate_masks_from_current_weights(uninterrupted):
+    root, cfg, _ = uninterrupted
+    register_all_modules()
+    model_cfg = Config.fromfile(str(cfg)).model
+    boundaries = [t for t in range(1, ITERS) if stage_at(t, ITERS, 10) > stage_at(t - 1, ITERS,
+                                                                                 10)]
+    assert len(boundaries) >= 3
+    for t in range(1, ITERS):
+        # iter_t.pth holds the state after t iterations: what iteration t starts from.
+        before, after = _masks(root / f'a/iter_{t}.pth'), _masks(root / f'a/iter_{t + 1}.pth')
+        if t not in boundaries:
+            assert all(torch.equal(before[k], after[k]) for k in before), t
+            continue
+        model = MODELS.build(model_cfg)
+        model.load_state_dict(_masks(root / f'a/iter_{t}.pth', masks=False), strict=False)
+        network = sparsify_detector(model)
+        generate_masks(network, cocktail_subnets())
+        expected = {k: v for k, v in model.state_dict().items() if is_mask_key(k)}
+        assert all(torch.equal(expected[k], after[k]) for k in after), t
+        assert any(not torch.equal(before[k], after[k]) for k in before), t
+
+
+def test_resume_continues_exactly(uninterrupted):
+    """Stop after 5 iterations (what a stopped run leaves: its iteration-5 checkpoint) and
+    --resume: subnets, stages, masks and weights continue exactly as without the stop."""
+    root, cfg, log = uninterrupted
+    work = root / 'b'
+    work.mkdir()
+    shutil.copy(root / 'a/iter_5.pth', work / 'iter_5.pth')
+    second = run_tool(['tools/train.py', cfg, '--work-dir', work, '--resume',
+                       work / 'iter_5.pth'])
+    assert_ok(second)
+    resumed_log = second.stdout + second.stderr
+    assert 'resumed epoch: 0, iter: 5' in resumed_log
+    for t in range(5, ITERS, 2):
+        line = f'iteration {t} trained'
+        expected = next(x for x in log.splitlines() if line in x).split(line)[1]
+        assert line + expected in resumed_log
+    boundaries_after = [x.split(' - ')[-1] for x in log.splitlines()
+                        if 'masks regenerated' in x and int(x.split('iteration ')[1]
+                                                            .split(':')[0]) >= 5]
+    assert boundaries_after and all(b in resumed_log for b in boundaries_after)
+    for t in range(6, ITERS + 1):
+        a, b = _masks(root / f'a/iter_{t}.pth'), _masks(work / f'iter_{t}.pth')
+        assert all(torch.equal(a[k], b[k]) for k in a), f'masks at {t}'
+        a, b = _masks(root / f'a/iter_{t}.pth', False), _masks(work / f'iter_{t}.pth', False)
+        assert all(torch.equal(a[k], b[k]) for k in a), f'weights at {t}'
+
+
+def test_two_gloo_processes_agree_on_masks_and_subnets(tmp_path, tiny_data):
+    cfg = _config(tmp_path, textwrap.dedent('''
+        custom_imports = dict(imports=['subnet_trace_hook'])
+        custom_hooks = [*_base_.custom_hooks, dict(type='SubnetTraceHook')]
+        train_cfg = dict(max_iters=6, val_interval=1000)
+    '''))
+    work = tmp_path / 'work'
+    result = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
+                      env={'PORT': '29647'})
+    assert_ok(result)
+    r0 = torch.load(work / 'trace_rank0.pth', weights_only=True)
+    r1 = torch.load(work / 'trace_rank1.pth', weights_only=True)
+    assert r0['trace'] == r1['trace'] and len(r0['trace']) == 6
+    assert [name for _, name in r0['trace']][::2] == ['dense'] * 3
+    assert r0['masks'].keys() == r1['masks'].keys() and r0['masks']
+    assert all(torch.equal(r0['masks'][k], r1['masks'][k]) for k in r0['masks'])
+
+
+@pytest.mark.parametrize('name', ['faster-rcnn_r50_fpn_cocktail_1x_coco.py',
+                                  'retinanet_r50_fpn_cocktail_1x_coco.py'])
+def test_coco_cocktail_configs_inherit_mmdet_and_build(name):
+    register_all_modules()
+    cfg = Config.fromfile(str(REPO / 'configs/cocktail' / name))
+    assert cfg.val_cfg.type == 'mmsparse.SubnetValLoop'
+    assert [h['type'] for h in cfg.custom_hooks][:2] == ['mmsparse.SparseSubnetsHook',
+                                                         'mmsparse.SparseCocktailHook']
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    network = sparsify_detector(model)
+    generate_masks(network, cocktail_subnets())
+    assert len(network.subnets()) == 24
+    assert 'backbone.conv1' not in network.layers

@@ -1,0 +1,64 @@
+"""Validation during training can track several subnets; the hook generates the masks."""
+import json
+import re
+import textwrap
+
+import pytest
+import torch
+
+import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
+from conftest import TINY_CONFIG, assert_ok, run_tool
+
+
+def _config(tmp_path, hook):
+    cfg = tmp_path / 'val_subnets.py'
+    cfg.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}']
+        custom_hooks = [{hook}]
+        train_cfg = dict(max_iters=2, val_interval=2)
+        val_cfg = dict(type='mmsparse.SubnetValLoop', subnets='dense,nm@2:4')
+    '''))
+    return cfg
+
+
+def test_training_with_subnet_validation(tmp_path, tiny_data):
+    hook = ("dict(type='mmsparse.SparseSubnetsHook', "
+            "subnets=['unstructured@0.5', 'nm@2:4', 'channel@0.25'])")
+    work = tmp_path / 'work'
+    result = run_tool(['tools/train.py', _config(tmp_path, hook), '--work-dir', work])
+    assert_ok(result)
+    log = result.stdout + result.stderr
+    assert 'mmsparse: generated masks for dense, unstructured@0.50, channel@0.25, nm@2:4' in log
+    assert 'dense/coco/bbox_mAP' in log and 'nm@2:4/coco/segm_mAP' in log
+    scalars = [json.loads(line) for line in next(work.rglob('scalars.json')).read_text()
+               .splitlines()]
+    assert any('nm@2:4/coco/bbox_mAP' in s for s in scalars)
+    state = torch.load(work / 'iter_2.pth', weights_only=True)['state_dict']
+    assert state['backbone.layer1.0.conv1.mask_nm_nm'].tolist() == [[2, 4]]
+    assert state['backbone.layer1.0.conv1.mask_channel'].shape == (1, 16)
+
+
+def test_impossible_subnet_fails_before_training(tmp_path, tiny_data):
+    hook = ("dict(type='mmsparse.SparseSubnetsHook', subnets=['nm@2:4'], "
+            "sparsify_input_layers=True)")
+    result = run_tool(['tools/train.py', _config(tmp_path, hook), '--work-dir', tmp_path / 'w'])
+    assert result.returncode != 0
+    assert 'backbone.conv1' in result.stderr and 'not divisible by M=4' in result.stderr
+    assert 'Iter(train)' not in result.stdout + result.stderr
+
+
+def test_glob_matching_nothing_fails_before_training(tmp_path, tiny_data):
+    hook = ("dict(type='mmsparse.SparseSubnetsHook', subnets=['nm@2:4'], "
+            "exclude=['roi_head.no_such_head*'])")
+    result = run_tool(['tools/train.py', _config(tmp_path, hook), '--work-dir', tmp_path / 'w'])
+    assert result.returncode != 0
+    assert "exclude glob 'roi_head.no_such_head*' matches no maskable layer" in result.stderr
+
+
+@pytest.mark.parametrize('subnets,match', [("'sparsest'", 'unknown subnet set'),
+                                            ("['unstructured@1.5']", r'\[0, 1\)')])
+def test_bad_subnets_in_the_config(tmp_path, tiny_data, subnets, match):
+    hook = f"dict(type='mmsparse.SparseSubnetsHook', subnets={subnets})"
+    result = run_tool(['tools/train.py', _config(tmp_path, hook), '--work-dir', tmp_path / 'w'])
+    assert result.returncode != 0
+    assert re.search(match, result.stderr)
