@@ -9,6 +9,7 @@ Registries are added here as the components that fill them land.
 from mmdet.registry import DATASETS as MMDET_DATASETS
 from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmdet.registry import LOOPS as MMDET_LOOPS
+from mmdet.registry import OPTIM_WRAPPERS as MMDET_OPTIM_WRAPPERS
 from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmengine.registry import Registry
 
@@ -20,3 +21,5 @@ HOOKS = Registry('hook', parent=MMDET_HOOKS, scope='mmsparse',
                  locations=['mmsparse.engine.hooks'])
 LOOPS = Registry('loop', parent=MMDET_LOOPS, scope='mmsparse',
                  locations=['mmsparse.engine.runner'])
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMDET_OPTIM_WRAPPERS, scope='mmsparse',
+                          locations=['mmsparse.engine.optimizers'])

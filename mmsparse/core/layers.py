@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .patterns import level_mask, pack_bits, unpack_bits
-from .subnets import DENSE, SubnetSpec
+from .subnets import DENSE, SubnetSpec, parse_subnet
 
 MASKABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d,
                   nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -149,9 +149,9 @@ class MaskedLayerMixin:
         return None if index is None else self.mask_channel[index]
 
     def mask_for(self, spec):
-        """Bool weight-shaped mask of ``spec``, or None when the layer is dense for it."""
-        spec = SubnetSpec(spec.pattern, spec.ratio, spec.n, spec.m) if not isinstance(
-            spec, SubnetSpec) else spec
+        """Bool weight-shaped mask of ``spec`` (a name or spec), or None when the layer is
+        dense for it."""
+        spec = parse_subnet(spec)
         shape = self._parameters['weight'].shape
         if spec.pattern in ('unstructured', 'block'):
             ratios = getattr(self, f'mask_{spec.pattern}_ratios')

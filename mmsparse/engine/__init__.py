@@ -6,4 +6,4 @@ from mmsparse.utils.checkpoint import register_checkpoint_safe_globals
 
 register_checkpoint_safe_globals()
 
-from . import hooks, runner  # noqa: E402,F401
+from . import hooks, optimizers, runner  # noqa: E402,F401

@@ -98,7 +98,12 @@ class SparseSubnetsHook(Hook):
 
     def before_train(self, runner):
         network = attached_network(unwrap(runner.model))
-        if network is None or self.subnets is None or holds_masks(network):
+        if network is None:
+            return
+        if hasattr(runner.optim_wrapper, 'masked_params'):  # mmsparse's wrappers
+            runner.optim_wrapper.masked_params = {layer.dense_weight: layer
+                                                  for layer in network.layers.values()}
+        if self.subnets is None or holds_masks(network):
             return
         generate_masks(network, self.subnets, self.mask_spec)
         runner.logger.info('mmsparse: generated masks for '

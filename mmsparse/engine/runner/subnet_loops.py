@@ -50,18 +50,25 @@ class _SubnetEvaluation:
         self.subnets = subnets
         self.recalibrate_bn = int(recalibrate_bn)
         self._positions = None
+        self._calibration_batches = None
 
-    def _calibration(self, network, model):
-        """Context that recalibrates BatchNorm on training batches, or does nothing."""
+    def _calibration(self, model):
+        """Context that recalibrates BatchNorm on training batches, or does nothing.
+
+        The batches are read once and reused for every subnet, so subnets are calibrated
+        on the same data.
+        """
         if not self.recalibrate_bn:
             return contextlib.nullcontext()
-        loader = self.runner.build_dataloader(self.runner.cfg.train_dataloader)
-        batches = []
-        for batch in loader:
-            batches.append(batch)
-            if len(batches) >= self.recalibrate_bn:
-                break
-        return recalibrated_bn(model, lambda m: [detector_predict_run(b)(m) for b in batches])
+        if self._calibration_batches is None:
+            loader = self.runner.build_dataloader(self.runner.cfg.train_dataloader)
+            self._calibration_batches = []
+            for batch in loader:
+                self._calibration_batches.append(batch)
+                if len(self._calibration_batches) >= self.recalibrate_bn:
+                    break
+        return recalibrated_bn(model, lambda m: [detector_predict_run(b)(m)
+                                                 for b in self._calibration_batches])
 
     def _stats(self, network, model, spec):
         if network is None:
@@ -105,7 +112,7 @@ class _SubnetEvaluation:
             for spec in specs:
                 if network is not None:
                     network.set_active(spec)
-                with self._calibration(network, model):
+                with self._calibration(model):
                     metrics = self._one_pass()
                 metrics.update(self._stats(network, model, spec))
                 self.runner.logger.info(f'mmsparse: {spec.name}: ' + ', '.join(

@@ -1,0 +1,66 @@
+"""Time per training iteration: Sparse Cocktail co-training vs plain MMDetection training.
+
+Same model, data, batch and iterations; both through ``tools/train.py``. Per-iteration times
+come from mmengine's own log (``time``, logged every iteration), medians after a warm-up.
+The stage-boundary mask regenerations (9 over a whole run) are reported separately: the
+benchmark runs few iterations, so their share here would overstate a real run's.
+
+Usage::
+
+    python benchmarks/cocktail_overhead.py [--iters 60] [--out results.json]
+"""
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DENSE = REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes.py'
+COCKTAIL = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'
+
+
+def run(config, iters, work_dir):
+    """Train ``iters`` iterations; return per-iteration times and the tool's log."""
+    args = [sys.executable, str(REPO / 'tools/train.py'), str(config), '--work-dir', str(work_dir),
+            '--cfg-options', f'train_cfg.max_iters={iters}', 'train_cfg.val_interval=100000',
+            'default_hooks.logger.interval=1', 'log_processor.window_size=1',
+            'default_hooks.checkpoint.interval=100000']
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
+    scalars = next(Path(work_dir).rglob('scalars.json')).read_text().splitlines()
+    times = [json.loads(line)['time'] for line in scalars if '"time"' in line]
+    return times, result.stdout + result.stderr
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--iters', type=int, default=60)
+    parser.add_argument('--warmup', type=int, default=10)
+    parser.add_argument('--out')
+    args = parser.parse_args()
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, config in (('dense', DENSE), ('cocktail', COCKTAIL)):
+            times, log = run(config, args.iters, Path(tmp, name))
+            steady = times[args.warmup:]
+            figures[f'{name}_median_s'] = statistics.median(steady)
+            figures[f'{name}_mean_s'] = statistics.mean(steady)
+            if name == 'cocktail':
+                regen = len(re.findall('masks regenerated', log))
+                figures['cocktail_regenerations'] = regen
+    figures['median_ratio'] = figures['cocktail_median_s'] / figures['dense_median_s']
+    figures['mean_ratio'] = figures['cocktail_mean_s'] / figures['dense_mean_s']
+    print('| measure | value |\n|---|---|')
+    for key, value in figures.items():
+        print(f'| {key} | {value:.4g} |' if isinstance(value, float) else f'| {key} | {value} |')
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == '__main__':
+    main()

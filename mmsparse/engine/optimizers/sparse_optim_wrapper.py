@@ -1,0 +1,91 @@
+"""Optimizer wrappers for sparse training: gradient correction and momentum masking.
+
+Gradients of masked weights are already masked by autograd (the forward uses
+``weight * mask``). These wrappers add what autograd cannot:
+
+* AST gradient correction between consecutive subnets (:mod:`mmsparse.core.correction`),
+  applied before the optimizer step;
+* optional momentum masking after the step (Chase): the momentum of weights the active
+  subnet removes is zeroed, so it does not carry them back.
+
+:class:`SparseAmpOptimWrapper` is the same on top of mmengine's ``AmpOptimWrapper``;
+``tools/train.py --amp`` maps one to the other instead of replacing the wrapper.
+"""
+from mmengine.logging import MessageHub
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+from mmsparse.core.correction import GradientCorrector
+from mmsparse.registry import OPTIM_WRAPPERS
+from ..launch import AMP_VARIANTS
+
+
+class _SparseStep:
+    """Behaviour shared by the plain and the AMP sparse wrappers."""
+
+    def _init_sparse(self, gradient_correction, mask_momentum):
+        self.corrector = (GradientCorrector(**gradient_correction)
+                          if gradient_correction else None)
+        self.mask_momentum = mask_momentum
+        self.masked_params = {}  # param -> masked layer, set by SparseSubnetsHook
+
+    def _named_params(self):
+        for gi, group in enumerate(self.optimizer.param_groups):
+            for pi, param in enumerate(group['params']):
+                yield f'{gi}.{pi}', param
+
+    def _before_step(self):
+        if self.corrector is not None:
+            iteration = MessageHub.get_current_instance().get_info('iter', 0)
+            self.corrector.apply(self._named_params(), iteration)
+
+    def _after_step(self):
+        if not self.mask_momentum:
+            return
+        for param, layer in self.masked_params.items():
+            mask = layer._active_mask(param)
+            state = self.optimizer.state.get(param, {})
+            if mask is not None and 'momentum_buffer' in state:
+                state['momentum_buffer'].mul_(mask)
+
+
+@OPTIM_WRAPPERS.register_module()
+class SparseOptimWrapper(_SparseStep, OptimWrapper):
+    """``OptimWrapper`` with AST gradient correction and optional momentum masking.
+
+    Args:
+        gradient_correction: e.g. ``dict(group_size=K)`` to correct each subnet's gradient
+            against the previous subnet's within groups of K iterations; None to disable.
+        mask_momentum: Zero the momentum of weights the active subnet removes.
+        **kwargs: ``OptimWrapper``'s arguments.
+    """
+
+    def __init__(self, *args, gradient_correction=None, mask_momentum=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_sparse(gradient_correction, mask_momentum)
+
+    def step(self, **kwargs):
+        self._before_step()
+        super().step(**kwargs)
+        self._after_step()
+
+
+@OPTIM_WRAPPERS.register_module()
+class SparseAmpOptimWrapper(_SparseStep, AmpOptimWrapper):
+    """:class:`SparseOptimWrapper` with automatic mixed precision (``AmpOptimWrapper``).
+
+    The correction is applied to the loss-scaled gradients: the projection is invariant to
+    the scale of the previous gradient and linear in the current one, so scaling commutes.
+    """
+
+    def __init__(self, *args, gradient_correction=None, mask_momentum=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_sparse(gradient_correction, mask_momentum)
+
+    def step(self, **kwargs):
+        self._before_step()
+        super().step(**kwargs)
+        self._after_step()
+
+
+AMP_VARIANTS.update(SparseOptimWrapper='SparseAmpOptimWrapper',
+                    SparseAmpOptimWrapper='SparseAmpOptimWrapper')
