@@ -8,7 +8,11 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class BNProbeHook(Hook):
-    """Append ``[active subnet, sum of backbone.bn1.running_mean]`` per test iteration."""
+    """Append ``[when, active subnet, sum of a BN's running mean]`` per test iteration.
+
+    The BN is ``backbone.layer1.0.bn1``, which follows a masked conv (the stem's BN would
+    see the same input under every subnet).
+    """
 
     priority = 'LOWEST'
 
@@ -23,7 +27,8 @@ class BNProbeHook(Hook):
         model = self._model(runner)
         network = getattr(model, '_mmsparse_network', None)
         active = network.active.name if network is not None else 'dense'
-        self.records.append([when, active, float(model.backbone.bn1.running_mean.sum())])
+        bn = model.backbone.layer1[0].bn1
+        self.records.append([when, active, float(bn.running_mean.sum())])
 
     def before_run(self, runner):
         self._record(runner, 'before_run')  # before the checkpoint loads: not compared
