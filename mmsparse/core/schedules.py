@@ -62,10 +62,12 @@ class CocktailStep:
 
 
 def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='unlocked',
-                  seed=0):
+                  seed=0, dense_pivot=True):
     """Dense-pivot co-training: which network iteration ``iteration`` trains.
 
     Even iterations train dense; odd ones cycle through ``patterns`` (D, U, D, C, D, NM, ...).
+    With ``dense_pivot=False`` every iteration trains a sparse subnet (U, C, NM, ...); with a
+    single pattern and ``mode='current'`` that is a dedicated run with gradual pruning.
 
     Args:
         iteration: The global iteration counter.
@@ -78,12 +80,14 @@ def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='un
             ratios keep being trained. Patterns whose subnets are not nested by ratio (N:M)
             are always sampled among all their subnets.
         seed: Salt of the deterministic sampling.
+        dense_pivot: Train the dense network every other iteration.
     """
     if mode not in RATIO_MODES:
         raise ValueError(f'ratio mode must be one of {RATIO_MODES}, got {mode!r}')
-    if iteration % 2 == 0 or not patterns:
+    if not patterns or (dense_pivot and iteration % 2 == 0):
         return CocktailStep('dense')
-    pattern = patterns[(iteration // 2) % len(patterns)]
+    slot = iteration // 2 if dense_pivot else iteration
+    pattern = patterns[slot % len(patterns)]
     count = ratio_counts[pattern]
     if pattern == 'nm':  # 1:2, 2:4, 4:8 are all 50%: no ratio progression to follow
         return CocktailStep(pattern, _pick(iteration, count, f'{seed}:{pattern}'))

@@ -13,6 +13,14 @@ def test_dense_pivot_order():
     assert steps == ['dense', 'unstructured', 'dense', 'channel', 'dense', 'nm'] * 2
 
 
+def test_without_dense_pivot_every_step_is_sparse():
+    steps = [cocktail_step(t, ('nm', ), {'nm': 1}, 1, 1, dense_pivot=False) for t in range(6)]
+    assert {s.pattern for s in steps} == {'nm'}
+    gradual = [cocktail_step(t, ('unstructured', ), {'unstructured': 5}, stage_at(t, 100, 5),
+                             5, 'current', dense_pivot=False).index for t in range(100)]
+    assert gradual[0] == 0 and gradual[-1] == 4 and gradual == sorted(gradual)
+
+
 def test_steps_are_deterministic_functions_of_the_iteration():
     a = [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked') for t in range(200)]
     b = [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked') for t in reversed(range(200))]

@@ -43,12 +43,16 @@ class SparseCocktailHook(Hook):
             paper's choice, earlier ratios may drift).
         regenerate_masks: Regenerate masks at stage boundaries (default True).
         seed: Salt of the deterministic ratio sampling.
+        dense_pivot: Train the dense network every other iteration (default True). False
+            with one pattern and ``ratio_mode='current'`` is a dedicated sparse run with
+            gradual pruning (the baseline co-training is compared against).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
 
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
-                 stage_power=3, ratio_mode='unlocked', regenerate_masks=True, seed=0):
+                 stage_power=3, ratio_mode='unlocked', regenerate_masks=True, seed=0,
+                 dense_pivot=True):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
         self.patterns = None if patterns is None else tuple(patterns)
@@ -57,6 +61,7 @@ class SparseCocktailHook(Hook):
         self.ratio_mode = ratio_mode
         self.regenerate_masks = regenerate_masks
         self.seed = seed
+        self.dense_pivot = dense_pivot
         self.current = DENSE
 
     def _network(self, runner):
@@ -93,7 +98,8 @@ class SparseCocktailHook(Hook):
         """The subnet iteration ``iteration`` trains."""
         step = cocktail_step(iteration, self.cycle,
                              {p: len(v) for p, v in self.by_pattern.items()},
-                             self.stage_at(iteration), self.stages, self.ratio_mode, self.seed)
+                             self.stage_at(iteration), self.stages, self.ratio_mode, self.seed,
+                             self.dense_pivot)
         return DENSE if step.pattern == 'dense' else self.by_pattern[step.pattern][step.index]
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
