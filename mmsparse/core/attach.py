@@ -9,7 +9,7 @@ import torch
 
 from .dependency import analyze_channels
 from .layers import MASKABLE_TYPES, make_masked, masked_layers
-from .patterns import SparsitySpecError
+from .patterns import SparsitySpecError, check_block_shape, check_nm
 from .subnets import DENSE, SubnetNameError, parse_subnet
 
 
@@ -163,7 +163,6 @@ def check_selection(network, subnets, block_shape=(1, 1)):
     Checks N:M divisibility and block tiling per layer, and that channel subnets have at
     least one removable layer. Errors name the layer.
     """
-    from .patterns import check_block_shape, check_nm
     for spec in subnets:
         spec = parse_subnet(spec)
         for name, layer in network.layers.items():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attach import check_selection
 from .patterns import (SparsitySpecError, block_scores, channel_mask, channel_scores_l1,
                        channel_scores_umm, expand_blocks, nested_levels, nm_mask)
 from .subnets import parse_subnets
@@ -80,7 +81,6 @@ def generate_masks(network, subnets, spec=MaskSpec()):
         subnets: Subnet names or specs (``dense`` is implicit and may be listed).
         spec: A :class:`MaskSpec`.
     """
-    from .attach import check_selection
     specs = parse_subnets(subnets)
     check_selection(network, specs, spec.block_shape)
     layers = network.layers

@@ -15,6 +15,8 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
 # Optimizer wrapper type -> its AMP variant. mmsparse's sparse wrappers add themselves here.
 AMP_VARIANTS = {'OptimWrapper': 'AmpOptimWrapper', 'AmpOptimWrapper': 'AmpOptimWrapper'}
@@ -84,8 +86,6 @@ def set_local_rank(local_rank):
 
 def build_runner(cfg):
     """Build the Runner the way MMDetection's tools do (honouring ``runner_type``)."""
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)

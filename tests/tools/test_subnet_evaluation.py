@@ -157,3 +157,13 @@ def test_recalibrate_bn_changes_statistics_only_during_evaluation(trained, tmp_p
     assert during['dense'] != loaded and during['nm@2:4'] != loaded
     assert during['nm@2:4'] != during['dense']  # each subnet gets its own statistics
     assert after[0] == 'after_test' and after[2] == loaded  # restored exactly
+
+
+def test_show_dir_paints_each_subnet_into_its_own_folder(trained):
+    work = trained['root'] / 'vis_work'
+    result = run_tool(['tools/test.py', trained['cfg'], trained['sparse'], '--work-dir', work,
+                       '--subnets', 'dense,nm@2:4', '--show-dir', 'painted'])
+    assert_ok(result)
+    for name in ('dense', 'nm@2:4'):
+        painted = list(work.glob(f'*/painted/{name}/*.png'))
+        assert len(painted) == 8, name  # the 8 evaluated images

@@ -6,6 +6,7 @@ with the subnet name (``nm@2:4/coco/bbox_mAP``). Each subnet's measured sparsity
 and FLOPs are added (``nm@2:4/sparsity`` ...); FLOPs are per image: the first test image, with the dense network's RoIs.
 """
 import contextlib
+import os.path as osp
 
 from mmengine.dist import is_main_process
 from mmengine.runner import TestLoop, ValLoop
@@ -34,7 +35,7 @@ def resolve_subnets(network, subnets):
     specs = [parse_subnet(s) for s in subnets]
     for spec in specs:
         if spec not in held:
-            if network is None:
+            if held == [DENSE]:  # no masked layers, or masked layers with empty masks
                 raise SubnetNameError(
                     f'subnet {spec.name!r} requested, but the checkpoint holds no sparse '
                     "subnets (no mask buffers): only 'dense' can be evaluated")
@@ -51,6 +52,7 @@ class _SubnetEvaluation:
         self.recalibrate_bn = int(recalibrate_bn)
         self._positions = None
         self._calibration_batches = None
+        self._visualization_dirs = {}
 
     def _calibration(self, model):
         """Context that recalibrates BatchNorm on training batches, or does nothing.
@@ -85,6 +87,14 @@ class _SubnetEvaluation:
         stats = subnet_stats(network, spec, self._positions)
         return dict(sparsity=stats.sparsity, params=stats.params, flops=stats.flops)
 
+    def _visualize_into(self, spec):
+        """With several subnets, paint each subnet's predictions into its own subfolder of
+        ``--show-dir`` (MMDetection's hook joins it under work_dir/timestamp each iteration)."""
+        for hook in self.runner.hooks:
+            if getattr(hook, 'test_out_dir', None) is not None:
+                base = self._visualization_dirs.setdefault(id(hook), hook.test_out_dir)
+                hook.test_out_dir = osp.join(base, spec.name)
+
     def _one_pass(self):
         """One pass of the loop's dataloader and evaluator (the loop's own ``run_iter``)."""
         self.runner.model.eval()
@@ -112,6 +122,8 @@ class _SubnetEvaluation:
             for spec in specs:
                 if network is not None:
                     network.set_active(spec)
+                if len(specs) > 1:
+                    self._visualize_into(spec)
                 with self._calibration(model):
                     metrics = self._one_pass()
                 metrics.update(self._stats(network, model, spec))
