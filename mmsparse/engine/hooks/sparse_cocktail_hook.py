@@ -5,6 +5,7 @@ from mmengine.hooks import Hook
 from mmsparse.core import DENSE, generate_masks
 from mmsparse.core.schedules import RATIO_MODES, cocktail_step, stage_at
 from mmsparse.models import attached_network
+from mmsparse.models.distill import DenseDistiller
 from mmsparse.registry import HOOKS
 from .sparse_subnets_hook import unwrap
 
@@ -46,13 +47,16 @@ class SparseCocktailHook(Hook):
         dense_pivot: Train the dense network every other iteration (default True). False
             with one pattern and ``ratio_mode='current'`` is a dedicated sparse run with
             gradual pruning (the baseline co-training is compared against).
+        distill: e.g. ``dict(weight=0.5, temperature=1.0)``: on sparse steps, distil the
+            dense network's classification outputs into the subnet (an extra no-grad dense
+            forward; see :class:`mmsparse.models.distill.DenseDistiller`). None: off.
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
 
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
                  stage_power=3, ratio_mode='unlocked', regenerate_masks=True, seed=0,
-                 dense_pivot=True):
+                 dense_pivot=True, distill=None):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
         self.patterns = None if patterns is None else tuple(patterns)
@@ -62,6 +66,8 @@ class SparseCocktailHook(Hook):
         self.regenerate_masks = regenerate_masks
         self.seed = seed
         self.dense_pivot = dense_pivot
+        self.distill = distill
+        self.distiller = None
         self.current = DENSE
 
     def _network(self, runner):
@@ -87,6 +93,8 @@ class SparseCocktailHook(Hook):
         self.cycle = patterns
         self.stages = self.num_stages or max(len(v) for v in self.by_pattern.values())
         self.max_iters = runner.max_iters
+        if self.distill and self.distiller is None:
+            self.distiller = DenseDistiller(unwrap(runner.model), network, **self.distill)
         # The stage of the last completed iteration: a resumed run regenerates at the next
         # boundary exactly where an uninterrupted run would.
         self.stage = self.stage_at(max(runner.iter - 1, 0))
@@ -115,6 +123,8 @@ class SparseCocktailHook(Hook):
             self.stage = stage
         self.current = self.step_at(runner.iter)
         network.set_active(self.current)
+        if self.distiller is not None:
+            self.distiller.step(self.current)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         hub = runner.message_hub

@@ -1,0 +1,47 @@
+"""Distillation from the dense network: a KD term on sparse steps only."""
+import json
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from mmsparse.core.distill import sigmoid_kd, softmax_kd
+
+
+def test_kd_terms_are_zero_for_identical_teacher_and_positive_otherwise():
+    logits = torch.randn(6, 5)
+    assert softmax_kd(logits, logits).abs() < 1e-6
+    assert softmax_kd(logits, torch.randn(6, 5)) > 0
+    same = sigmoid_kd(logits, logits)
+    assert sigmoid_kd(logits, -logits) > same
+
+
+def test_kd_only_on_sparse_steps(tmp_path, tiny_data):
+    cfg = tmp_path / 'kd.py'
+    cfg.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
+        custom_imports = dict(imports=['loss_keys_hook'])
+        custom_hooks = [
+            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
+            dict(type='mmsparse.SparseCocktailHook', distill=dict(weight=0.5)),
+            dict(type='LossKeysHook'),
+        ]
+        train_cfg = dict(max_iters=6, val_interval=1000)
+    '''))
+    work = tmp_path / 'w'
+    assert_ok(run_tool(['tools/train.py', cfg, '--work-dir', work]))
+    rows = json.loads((work / 'loss_keys.json').read_text())
+    assert len(rows) == 6
+    for iteration, subnet, keys, kd in rows:
+        if subnet == 'dense':
+            assert 'loss_kd' not in keys, iteration
+        else:
+            assert 'loss_kd' in keys and kd > 0, iteration
+    assert {r[1].split('@')[0] for r in rows} == {'dense', 'unstructured', 'channel', 'nm'}
+
+
+def test_distillation_rejects_a_bad_weight():
+    from mmsparse.models.distill import DenseDistiller
+    with pytest.raises(ValueError, match=r'weight must be in \(0, 1\]'):
+        DenseDistiller(None, None, weight=1.5)
