@@ -1,4 +1,5 @@
-"""Time per training iteration: Sparse Cocktail co-training vs plain MMDetection training.
+"""Time per training iteration: Sparse Cocktail co-training (without and with distillation)
+vs plain MMDetection training.
 
 Same model, data, batch and iterations; both through ``tools/train.py``. Per-iteration times
 come from mmengine's own log (``time``, logged every iteration), medians after a warm-up.
@@ -21,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DENSE = REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes.py'
 COCKTAIL = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'
+COCKTAIL_KD = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-kd_shapes.py'
 
 
 def run(config, iters, work_dir):
@@ -45,16 +47,18 @@ def main():
     args = parser.parse_args()
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, config in (('dense', DENSE), ('cocktail', COCKTAIL)):
+        for name, config in (('dense', DENSE), ('cocktail', COCKTAIL),
+                             ('cocktail_kd', COCKTAIL_KD)):
             times, log = run(config, args.iters, Path(tmp, name))
             steady = times[args.warmup:]
             figures[f'{name}_median_s'] = statistics.median(steady)
             figures[f'{name}_mean_s'] = statistics.mean(steady)
             if name == 'cocktail':
-                regen = len(re.findall('masks regenerated', log))
-                figures['cocktail_regenerations'] = regen
-    figures['median_ratio'] = figures['cocktail_median_s'] / figures['dense_median_s']
-    figures['mean_ratio'] = figures['cocktail_mean_s'] / figures['dense_mean_s']
+                figures['cocktail_regenerations'] = len(re.findall('masks regenerated', log))
+    for name in ('cocktail', 'cocktail_kd'):
+        for stat in ('median', 'mean'):
+            figures[f'{name}_{stat}_ratio'] = (figures[f'{name}_{stat}_s']
+                                               / figures[f'dense_{stat}_s'])
     print('| measure | value |\n|---|---|')
     for key, value in figures.items():
         print(f'| {key} | {value:.4g} |' if isinstance(value, float) else f'| {key} | {value} |')

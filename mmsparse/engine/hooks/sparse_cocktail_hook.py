@@ -50,13 +50,16 @@ class SparseCocktailHook(Hook):
         distill: e.g. ``dict(weight=0.5, temperature=1.0)``: on sparse steps, distil the
             dense network's classification outputs into the subnet (an extra no-grad dense
             forward; see :class:`mmsparse.models.distill.DenseDistiller`). None: off.
+        save_stage_checkpoints: Save ``stage_<s>.pth`` (weights and masks) in the work dir
+            at the end of every stage, for network interpolation
+            (``tools/analysis_tools/interpolate_stages.py``).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
 
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
                  stage_power=3, ratio_mode='unlocked', regenerate_masks=True, seed=0,
-                 dense_pivot=True, distill=None):
+                 dense_pivot=True, distill=None, save_stage_checkpoints=False):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
         self.patterns = None if patterns is None else tuple(patterns)
@@ -68,6 +71,7 @@ class SparseCocktailHook(Hook):
         self.dense_pivot = dense_pivot
         self.distill = distill
         self.distiller = None
+        self.save_stage_checkpoints = save_stage_checkpoints
         self.current = DENSE
 
     def _network(self, runner):
@@ -114,6 +118,7 @@ class SparseCocktailHook(Hook):
         network = self._network(runner)
         stage = self.stage_at(runner.iter)
         if stage != self.stage:
+            self._save_stage(runner)
             if self.regenerate_masks:
                 generate_masks(network, network.subnets())
                 broadcast_masks(network)
@@ -137,5 +142,14 @@ class SparseCocktailHook(Hook):
             runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name} '
                                f'(stage {self.stage}/{self.stages})')
 
+    def _save_stage(self, runner):
+        """The weights (and masks) at the end of the current stage."""
+        if self.save_stage_checkpoints:
+            self._network(runner).set_active(DENSE)
+            runner.save_checkpoint(runner.work_dir, f'stage_{self.stage}.pth',
+                                   save_optimizer=False, save_param_scheduler=False,
+                                   by_epoch=False)
+
     def after_train(self, runner):
+        self._save_stage(runner)
         self._network(runner).set_active(DENSE)

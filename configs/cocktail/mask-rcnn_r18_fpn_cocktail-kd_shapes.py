@@ -1,0 +1,10 @@
+# Sparse Cocktail on shapes with distillation from the dense network on sparse steps
+# (loss = 0.5 task + 0.5 KD on RPN objectness and RoI class logits; an extra no-grad dense
+# forward per sparse step).
+_base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
+custom_hooks = [
+    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
+    dict(type='mmsparse.SparseCocktailHook', ratio_mode='unlocked', stage_end=0.8,
+         distill=dict(weight=0.5)),
+    dict(type='mmsparse.RNGStateHook'),
+]
