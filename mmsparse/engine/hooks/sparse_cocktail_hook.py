@@ -53,13 +53,16 @@ class SparseCocktailHook(Hook):
         save_stage_checkpoints: Save ``stage_<s>.pth`` (weights and masks) in the work dir
             at the end of every stage, for network interpolation
             (``tools/analysis_tools/interpolate_stages.py``).
+        fixed_stage: Train the whole run in this stage (no boundaries, no regeneration):
+            one stage of the paper's multi-stage recipe (``tools/cocktail_multistage.py``).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
 
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
                  stage_power=3, ratio_mode='unlocked', regenerate_masks=True, seed=0,
-                 dense_pivot=True, distill=None, save_stage_checkpoints=False):
+                 dense_pivot=True, distill=None, save_stage_checkpoints=False,
+                 fixed_stage=None):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
         self.patterns = None if patterns is None else tuple(patterns)
@@ -72,6 +75,7 @@ class SparseCocktailHook(Hook):
         self.distill = distill
         self.distiller = None
         self.save_stage_checkpoints = save_stage_checkpoints
+        self.fixed_stage = fixed_stage
         self.current = DENSE
 
     def _network(self, runner):
@@ -104,6 +108,8 @@ class SparseCocktailHook(Hook):
         self.stage = self.stage_at(max(runner.iter - 1, 0))
 
     def stage_at(self, iteration):
+        if self.fixed_stage is not None:
+            return self.fixed_stage
         return stage_at(iteration, self.max_iters, self.stages, **self.schedule)
 
     def step_at(self, iteration):
