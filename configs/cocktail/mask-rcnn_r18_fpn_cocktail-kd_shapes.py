@@ -4,7 +4,7 @@
 _base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
 custom_hooks = [
     dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='unlocked', stage_end=0.8,
+    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8,
          distill=dict(weight=0.5)),
     dict(type='mmsparse.RNGStateHook'),
 ]

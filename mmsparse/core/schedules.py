@@ -61,7 +61,7 @@ class CocktailStep:
     index: int = 0
 
 
-def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='unlocked',
+def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='current',
                   seed=0, dense_pivot=True):
     """Dense-pivot co-training: which network iteration ``iteration`` trains.
 
@@ -75,9 +75,9 @@ def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='un
         ratio_counts: pattern -> how many subnets (ratios) it has.
         stage: Current stage (1..num_stages) from :func:`stage_at`.
         num_stages: Number of stages.
-        mode: ``'current'`` trains the current stage's ratio of each pattern (the paper);
-            ``'unlocked'`` samples uniformly among all ratios unlocked so far, so earlier
-            ratios keep being trained. Patterns whose subnets are not nested by ratio (N:M)
+        mode: ``'current'`` (default) trains the current stage's ratio of each pattern (the
+            paper); ``'unlocked'`` samples uniformly among all ratios unlocked so far, so
+            earlier ratios keep being trained. Patterns whose subnets are not nested by ratio (N:M)
             are always sampled among all their subnets.
         seed: Salt of the deterministic sampling.
         dense_pivot: Train the dense network every other iteration.

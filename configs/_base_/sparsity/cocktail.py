@@ -4,7 +4,7 @@
 # (mmengine forbids a key in two bases, so val_cfg is set by the configs that inherit this.)
 custom_hooks = [
     dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='unlocked', stage_end=0.8),
+    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8),
     dict(type='mmsparse.RNGStateHook'),  # --resume continues exactly
 ]
 # Validation during training can track one subnet per pattern besides dense.
