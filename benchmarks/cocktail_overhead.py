@@ -11,13 +11,14 @@ Usage::
     python benchmarks/cocktail_overhead.py [--iters 60] [--out results.json]
 """
 import argparse
-import json
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from report import report_figures  # benchmarks/report.py (scripts run from here)
 
 REPO = Path(__file__).resolve().parents[1]
 DENSE = REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes.py'
@@ -59,11 +60,7 @@ def main():
         for stat in ('median', 'mean'):
             figures[f'{name}_{stat}_ratio'] = (figures[f'{name}_{stat}_s']
                                                / figures[f'dense_{stat}_s'])
-    print('| measure | value |\n|---|---|')
-    for key, value in figures.items():
-        print(f'| {key} | {value:.4g} |' if isinstance(value, float) else f'| {key} | {value} |')
-    if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=2))
+    report_figures(figures, args.out)
 
 
 if __name__ == '__main__':

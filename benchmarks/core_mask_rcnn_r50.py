@@ -16,7 +16,6 @@ Usage::
 import argparse
 import copy
 import io
-import json
 import statistics
 import tempfile
 import time
@@ -30,6 +29,8 @@ from mmengine.config import Config
 
 from mmsparse.core import cocktail_subnets, generate_masks
 from mmsparse.models import sparsify_detector
+
+from report import report_figures  # benchmarks/report.py (scripts run from here)
 
 CONFIG = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
@@ -123,11 +124,7 @@ def main():
         ckpt_sparse_mb=checkpoint_bytes(model.state_dict()) / 2**20)
     figures['dense_overhead_x'] = figures['infer_dense_active_s'] / figures['infer_unmodified_s']
     figures['ckpt_ratio'] = figures['ckpt_sparse_mb'] / figures['ckpt_dense_mb']
-    print('| measure | value |\n|---|---|')
-    for key, value in figures.items():
-        print(f'| {key} | {value:.4g} |' if isinstance(value, float) else f'| {key} | {value} |')
-    if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=2))
+    report_figures(figures, args.out)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,9 @@ def masked_layer_names(state_dict):
 
 def checkpoint_masked_layers(path):
     """Masked layer names in an mmengine checkpoint file."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    # Memory-mapped: only the key names and the small ratio buffers are read here; the
+    # Runner loads the weights itself right after.
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     return masked_layer_names(checkpoint.get('state_dict', checkpoint))
 
 

@@ -20,9 +20,11 @@ from ..launch import AMP_VARIANTS
 
 
 class _SparseStep:
-    """Behaviour shared by the plain and the AMP sparse wrappers."""
+    """Behaviour shared by the plain and the AMP sparse wrappers (mixed in before the
+    mmengine wrapper, so ``super()`` reaches ``OptimWrapper`` or ``AmpOptimWrapper``)."""
 
-    def _init_sparse(self, gradient_correction, mask_momentum):
+    def __init__(self, *args, gradient_correction=None, mask_momentum=False, **kwargs):
+        super().__init__(*args, **kwargs)
         self.corrector = (GradientCorrector(**gradient_correction)
                           if gradient_correction else None)
         self.mask_momentum = mask_momentum
@@ -33,14 +35,16 @@ class _SparseStep:
             for pi, param in enumerate(group['params']):
                 yield f'{gi}.{pi}', param
 
-    def _before_step(self):
+    def step(self, **kwargs):
         if self.corrector is not None:
             iteration = MessageHub.get_current_instance().get_info('iter', 0)
             self.corrector.apply(self._named_params(), iteration)
+        super().step(**kwargs)
+        if self.mask_momentum:
+            self._mask_momentum()
 
-    def _after_step(self):
-        if not self.mask_momentum:
-            return
+    def _mask_momentum(self):
+        """Zero the momentum of the weights the active subnet removes (Chase)."""
         for param, layer in self.masked_params.items():
             mask = layer._active_mask(param)
             state = self.optimizer.state.get(param, {})
@@ -59,15 +63,6 @@ class SparseOptimWrapper(_SparseStep, OptimWrapper):
         **kwargs: ``OptimWrapper``'s arguments.
     """
 
-    def __init__(self, *args, gradient_correction=None, mask_momentum=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_sparse(gradient_correction, mask_momentum)
-
-    def step(self, **kwargs):
-        self._before_step()
-        super().step(**kwargs)
-        self._after_step()
-
 
 @OPTIM_WRAPPERS.register_module()
 class SparseAmpOptimWrapper(_SparseStep, AmpOptimWrapper):
@@ -76,15 +71,6 @@ class SparseAmpOptimWrapper(_SparseStep, AmpOptimWrapper):
     The correction is applied to the loss-scaled gradients: the projection is invariant to
     the scale of the previous gradient and linear in the current one, so scaling commutes.
     """
-
-    def __init__(self, *args, gradient_correction=None, mask_momentum=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_sparse(gradient_correction, mask_momentum)
-
-    def step(self, **kwargs):
-        self._before_step()
-        super().step(**kwargs)
-        self._after_step()
 
 
 AMP_VARIANTS.update(SparseOptimWrapper='SparseAmpOptimWrapper',

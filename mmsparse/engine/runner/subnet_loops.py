@@ -45,9 +45,12 @@ def resolve_subnets(network, subnets):
 
 
 class _SubnetEvaluation:
-    """What the test and val loops share: one evaluation pass per subnet."""
+    """What the test and val loops share: one evaluation pass per subnet (mixed in before
+    mmengine's TestLoop / ValLoop, whose constructors take the first four arguments)."""
 
-    def _init_subnets(self, subnets, recalibrate_bn):
+    def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
+                 recalibrate_bn=0):
+        super().__init__(runner, dataloader, evaluator, fp16)
         self.subnets = subnets
         self.recalibrate_bn = int(recalibrate_bn)
         self._positions = None
@@ -150,11 +153,6 @@ class SubnetTestLoop(_SubnetEvaluation, TestLoop):
             per subnet before evaluating it (restored afterwards); 0 to disable.
     """
 
-    def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
-                 recalibrate_bn=0):
-        super().__init__(runner, dataloader, evaluator, fp16)
-        self._init_subnets(subnets, recalibrate_bn)
-
     def run(self):
         return self._run_phase('test')
 
@@ -163,11 +161,6 @@ class SubnetTestLoop(_SubnetEvaluation, TestLoop):
 class SubnetValLoop(_SubnetEvaluation, ValLoop):
     """Validation loop over a chosen set of subnets (same arguments as
     :class:`SubnetTestLoop`), so validation during training tracks several subnets."""
-
-    def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
-                 recalibrate_bn=0):
-        super().__init__(runner, dataloader, evaluator, fp16)
-        self._init_subnets(subnets, recalibrate_bn)
 
     def run(self):
         return self._run_phase('val')
