@@ -1,18 +1,23 @@
 """Framework-free core of mmsparse: imports torch only (no mmengine, mmdet or mmcv)."""
+from .allocation import erk_densities
 from .attach import (ChannelOutputMask, LayerSelectionError, SparseNetwork, check_selection,
                      select_layers)
 from .dependency import ChannelInfo, GraphInfo, analyze_channels
 from .layers import MaskedLayerMixin, is_mask_key, is_masked, make_masked, masked_layers
 from .patterns import SparsitySpecError
+from .slimming import SlimmingError, channel_keep, fold_masks, slim_channels, slim_subnet
 from .stats import SubnetStats, record_positions, subnet_stats
 from .subnets import (DENSE, SubnetNameError, SubnetSpec, cocktail_subnets, parse_subnet,
                       parse_subnets)
+from .switchable_bn import SwitchableBatchNorm
 from .umg import MaskSpec, generate_masks
 
 __all__ = [
     'ChannelInfo', 'ChannelOutputMask', 'DENSE', 'GraphInfo', 'LayerSelectionError',
-    'MaskSpec', 'MaskedLayerMixin', 'SparseNetwork', 'SparsitySpecError', 'SubnetNameError',
-    'SubnetSpec', 'SubnetStats', 'analyze_channels', 'check_selection', 'cocktail_subnets',
+    'MaskSpec', 'MaskedLayerMixin', 'SlimmingError', 'SparseNetwork', 'SparsitySpecError',
+    'SubnetNameError', 'SubnetSpec', 'SubnetStats', 'SwitchableBatchNorm', 'analyze_channels',
+    'channel_keep', 'check_selection', 'cocktail_subnets', 'erk_densities', 'fold_masks',
     'generate_masks', 'is_mask_key', 'is_masked', 'make_masked', 'masked_layers', 'parse_subnet',
-    'parse_subnets', 'record_positions', 'select_layers', 'subnet_stats'
+    'parse_subnets', 'record_positions', 'select_layers', 'slim_channels', 'slim_subnet',
+    'subnet_stats'
 ]

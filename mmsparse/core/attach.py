@@ -8,7 +8,7 @@ import fnmatch
 import torch
 
 from .dependency import analyze_channels
-from .layers import MASKABLE_TYPES, make_masked, masked_layers
+from .layers import MASKABLE_TYPES, make_masked, masked_layers, weight_axes
 from .patterns import SparsitySpecError, check_block_shape, check_nm
 from .subnets import DENSE, SubnetNameError, parse_subnet
 
@@ -135,23 +135,28 @@ class SparseNetwork:
                 for consumer in self.graph.channels[name].consumers}
 
     def effective_masks(self, name):
-        """Per masked layer, the bool mask of the weights ``name`` really uses (or None).
+        """Per layer, the bool mask of the weights ``name`` really uses (or None).
 
-        For channel subnets this includes the consumers' input channels that now receive
-        zeros, which is what parameter and FLOP counts must see.
+        Covers every masked layer and, for channel subnets, also the unmasked consumers of
+        removed channels (e.g. the dense prediction convs reading the RPN conv): their
+        input-channel weights now receive zeros, which parameter and FLOP counts must see.
         """
         spec = parse_subnet(name)
         producers = self.channel_producers() if spec.pattern == 'channel' else {}
+        modules = dict(self.model.named_modules())
         masks = {}
-        for lname, layer in self.layers.items():
-            mask = layer.mask_for(spec) if spec != DENSE else None
+        for lname in list(self.layers) + [c for c in producers if c not in self.layers]:
+            layer = modules[lname]
+            weight = self.layers[lname].dense_weight if lname in self.layers else layer.weight
+            mask = (self.layers[lname].mask_for(spec)
+                    if lname in self.layers and spec != DENSE else None)
             producer = producers.get(lname)
             if producer is not None:
                 keep_in = self.layers[producer].channel_keep(spec)
                 if keep_in is not None:
-                    shape = [1] * layer.dense_weight.dim()
-                    shape[layer.in_axis] = -1
-                    in_mask = keep_in.view(shape).expand_as(layer.dense_weight)
+                    shape = [1] * weight.dim()
+                    shape[weight_axes(layer)[1]] = -1
+                    in_mask = keep_in.view(shape).expand_as(weight)
                     mask = in_mask if mask is None else mask & in_mask
             masks[lname] = mask
         return masks

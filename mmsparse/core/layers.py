@@ -45,11 +45,17 @@ def weight_axes(module):
 class MaskedLayerMixin:
     """Behaviour added to a maskable layer instance by :func:`make_masked`."""
 
+    # Optional ``fn(dense_weight) -> forward weight`` that replaces the masking (Spartan's
+    # dual-averaging forward); None, the default, leaves the masked path untouched.
+    weight_transform = None
+
     # ``weight`` and ``bias`` live in ``_parameters`` (so names and optimizers are unchanged);
     # these properties shadow nn.Module.__getattr__ to apply the active mask on access.
     @property
     def weight(self):
         weight = self._parameters['weight']
+        if self.weight_transform is not None:
+            return self.weight_transform(weight)
         mask = self._active_mask(weight)
         return weight if mask is None else weight * mask
 

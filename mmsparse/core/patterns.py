@@ -258,3 +258,22 @@ def unpack_bits(packed, shape):
     for s in shape:
         numel *= s
     return bits.reshape(-1)[:numel].view(shape).bool()
+
+
+def global_levels(scores, ratios):
+    """:func:`nested_levels` with one threshold across all layers, split back per layer.
+
+    Args:
+        scores: ``{layer name: score tensor}``.
+        ratios: Ascending sparsities, as for :func:`nested_levels`.
+
+    Returns:
+        ``{layer name: uint8 level tensor}`` shaped like each score.
+    """
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    levels = nested_levels(flat, ratios)
+    out, start = {}, 0
+    for name, s in scores.items():
+        out[name] = levels[start:start + s.numel()].view(s.shape)
+        start += s.numel()
+    return out

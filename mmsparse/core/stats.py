@@ -82,14 +82,13 @@ def subnet_stats(network, name, positions):
     modules = dict(model.named_modules())
     params_dense = sum(p.numel() for p in model.parameters())
     masks = network.effective_masks(spec) if spec != DENSE else {}
-    removed = masked_total = masked_removed = 0
-    for lname, layer in network.layers.items():
-        total = layer.dense_weight.numel()
-        mask = masks.get(lname)
-        kept = total if mask is None else int(mask.sum())
-        masked_total += total
-        masked_removed += total - kept
-    removed += masked_removed
+    masked_total = sum(layer.dense_weight.numel() for layer in network.layers.values())
+    masked_removed = removed = 0
+    for lname, mask in masks.items():
+        dropped = 0 if mask is None else int((~mask).sum())
+        removed += dropped  # includes unmasked consumers' dead input channels
+        if lname in network.layers:
+            masked_removed += dropped
     if spec.pattern == 'channel':
         for lname in network.channel_layers:
             keep = network.layers[lname].channel_keep(spec)

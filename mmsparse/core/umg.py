@@ -18,7 +18,7 @@ import torch
 
 from .attach import check_selection
 from .patterns import (SparsitySpecError, block_scores, channel_mask, channel_scores_l1,
-                       channel_scores_umm, expand_blocks, nested_levels, nm_mask)
+                       channel_scores_umm, expand_blocks, global_levels, nested_levels, nm_mask)
 from .subnets import parse_subnets
 
 # Sparse Cocktail's channel score weights: sum over a channel of (0.8 U + 0.2 NM) |W|.
@@ -52,17 +52,6 @@ def _ratios(specs, pattern):
     return sorted(s.ratio for s in specs if s.pattern == pattern)
 
 
-def _global_levels(scores, ratios):
-    """Nested levels with one threshold across all layers; split back per layer."""
-    flat = torch.cat([s.reshape(-1) for s in scores.values()])
-    levels = nested_levels(flat, ratios)
-    out, start = {}, 0
-    for name, s in scores.items():
-        out[name] = levels[start:start + s.numel()].view(s.shape)
-        start += s.numel()
-    return out
-
-
 def _rank_match(index, count, other_count):
     """Index into another sorted list of ``other_count`` ratios at the same relative rank."""
     if other_count == 0:
@@ -88,7 +77,7 @@ def generate_masks(network, subnets, spec=MaskSpec()):
 
     u_ratios = _ratios(specs, 'unstructured')
     if spec.unstructured_scope == 'global':
-        u_levels = _global_levels(scores, u_ratios)
+        u_levels = global_levels(scores, u_ratios)
     else:
         u_levels = {n: nested_levels(s, u_ratios) for n, s in scores.items()}
     nm_pairs = [(s.n, s.m) for s in sorted(specs, key=lambda s: s.sort_key) if s.pattern == 'nm']

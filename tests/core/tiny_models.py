@@ -103,15 +103,20 @@ INPUTS = {ConvBNBias: (2, 4, 8, 8), Residual: (2, 3, 8, 8), FPNLike: (1, 3, 16, 
           LinearHead: (3, 2, 4, 4), Deconv: (1, 4, 6, 6), Concat: (1, 3, 5, 5)}
 
 
-def build(cls, seed=0):
-    """A model with non-trivial BN statistics and affines, plus its ``run`` and input."""
-    torch.manual_seed(seed)
-    model = cls()
+def randomize_bn(model):
+    """Give every BatchNorm non-trivial statistics and affines (so tests see them act)."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-1, 1)
+    return model
+
+
+def build(cls, seed=0):
+    """A model with non-trivial BN statistics and affines, plus its ``run`` and input."""
+    torch.manual_seed(seed)
+    model = randomize_bn(cls())
     x = torch.randn(INPUTS[cls])
     return model, (lambda m: m(x)), x

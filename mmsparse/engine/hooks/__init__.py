@@ -1,6 +1,10 @@
 """Registered mmengine hooks (one per file)."""
+from .ast_hook import SparseASTHook
+from .chase_hook import ChaseHook
 from .rng_state_hook import RNGStateHook
 from .sparse_cocktail_hook import SparseCocktailHook
 from .sparse_subnets_hook import SparseSubnetsHook
+from .spartan_hook import SpartanHook
 
-__all__ = ['RNGStateHook', 'SparseCocktailHook', 'SparseSubnetsHook']
+__all__ = ['ChaseHook', 'RNGStateHook', 'SparseASTHook', 'SparseCocktailHook',
+           'SparseSubnetsHook', 'SpartanHook']

@@ -1,0 +1,295 @@
+"""Take one subnet out of a :class:`~.attach.SparseNetwork` as an ordinary model.
+
+Two steps, both on a deep copy (the shared weights of the co-trained network stay intact):
+
+* :func:`fold_masks` multiplies the chosen subnets' masks into the weights and turns every
+  masked layer back into its original class (``Masked_torch_nn_Conv2d`` -> ``nn.Conv2d``),
+  without mask buffers or mmsparse hooks. For channel subnets the removed channels' bias and
+  their following BatchNorm's affine parameters are zeroed too, so a removed channel outputs
+  exactly 0, as in the masked forward (where a hook zeroes it after the BatchNorm).
+* :func:`slim_channels` then physically slices the removed channels out: the producer's
+  output channels, its followers' BatchNorm features and the consumers' input channels. The
+  removed channels carried exact zeros, so the smaller model computes the same outputs up to
+  the order of floating-point sums.
+
+:func:`slim_subnet` does both. Everything here is plain torch: the result is a model of
+torch / MMCV / MMDetection classes only.
+"""
+import copy
+
+import torch
+from torch import nn
+
+from .attach import ChannelOutputMask
+from .layers import _MASK_BUFFERS, MaskedLayerMixin, weight_axes
+from .subnets import DENSE, SubnetSpec
+
+# Instance attributes :meth:`MaskedLayerMixin._init_mask_buffers` adds besides the buffers,
+# and a training-time ``weight_transform`` (Spartan) that may have been set on the instance.
+_MASK_ATTRIBUTES = ('active_subnet', '_mask_version', '_mask_cache', 'out_axis', 'in_axis',
+                    'weight_transform')
+# The attribute under which ``mmsparse.models.attach_network`` remembers the network.
+_NETWORK_ATTRIBUTE = '_mmsparse_network'
+
+
+class SlimmingError(ValueError):
+    """A fold or slimming request that cannot give an equivalent ordinary model."""
+
+
+def _as_specs(network, subnets):
+    if isinstance(subnets, (str, SubnetSpec)):
+        subnets = [subnets]
+    specs = []
+    for name in subnets:
+        spec = DENSE if name in ('dense', DENSE) else network.resolve(name)
+        if spec not in specs:
+            specs.append(spec)
+    if not specs:
+        raise SlimmingError('fold_masks needs at least one subnet name')
+    return specs
+
+
+def original_class(module):
+    """The class a masked layer had before :func:`~.layers.make_masked` (else its class)."""
+    cls = type(module)
+    if not issubclass(cls, MaskedLayerMixin):
+        return cls
+    return next(base for base in cls.__bases__ if base is not MaskedLayerMixin)
+
+
+def unmask_layer(layer):
+    """Turn a masked layer back into its original class, in place (weights untouched)."""
+    for name in _MASK_BUFFERS:
+        layer._buffers.pop(name, None)
+    for name in _MASK_ATTRIBUTES:
+        layer.__dict__.pop(name, None)
+    layer.__class__ = original_class(layer)
+    return layer
+
+
+def _copy_model(network):
+    # The attached SparseNetwork (and its graph) must not be copied along: mapping it to
+    # None in deepcopy's memo drops it, then the attribute is removed.
+    model = copy.deepcopy(network.model, memo={id(network): None})
+    model.__dict__.pop(_NETWORK_ATTRIBUTE, None)
+    return model
+
+
+def _remove_mask_hooks(model):
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, ChannelOutputMask):
+                del module._forward_hooks[key]
+
+
+@torch.no_grad()
+def _fold(network, specs, zero_followers=True):
+    model = _copy_model(network)
+    modules = dict(model.named_modules())
+    for name in network.layers:
+        layer = modules[name]
+        mask = None
+        for spec in specs:
+            if spec == DENSE:
+                continue
+            part = layer.mask_for(spec)
+            if part is not None:
+                mask = part if mask is None else mask & part
+        if mask is not None:
+            weight = layer._parameters['weight']
+            weight.mul_(mask.to(weight.dtype))
+    for spec in specs:
+        if spec.pattern != 'channel':
+            continue
+        for name in network.channel_layers:
+            layer = modules[name]
+            keep = layer.channel_keep(spec)
+            if keep is None:
+                continue
+            drop = ~keep.bool()
+            bias = layer._parameters.get('bias')
+            if bias is not None:
+                bias[drop] = 0
+            for follower in network.graph.channels[name].followers:
+                norm = modules[follower]
+                if norm.weight is None or norm.bias is None:
+                    if zero_followers:
+                        raise SlimmingError(
+                            f'{follower} follows channel-masked {name} but has no affine '
+                            'parameters to zero; slim the channels out (slim_subnet) instead')
+                    continue
+                norm.weight[drop] = 0
+                norm.bias[drop] = 0
+    _remove_mask_hooks(model)
+    for name in network.layers:
+        unmask_layer(modules[name])
+    return model
+
+
+def fold_masks(network, subnets):
+    """An ordinary copy of ``network.model`` with the masks of ``subnets`` folded in.
+
+    Args:
+        network: A :class:`~.attach.SparseNetwork`.
+        subnets: A subnet name or a list of names (e.g. ``['unstructured@0.50',
+            'channel@0.30']``); their masks are ANDed.
+
+    Returns:
+        nn.Module: a deep copy whose masked layers are their original classes again, with
+        weights multiplied by the masks, no mask buffers and no mmsparse hooks. For channel
+        subnets the removed channels' bias and the following BatchNorms' weight and bias are
+        zero, so those channels output exactly 0 as in the masked forward.
+
+    Raises:
+        SubnetNameError: a name the network does not hold (listing the valid ones).
+        SlimmingError: a BatchNorm without affine parameters follows a channel-masked layer.
+    """
+    return _fold(network, _as_specs(network, subnets))
+
+
+def channel_keep(network, subnet):
+    """``{producer layer name: bool (Cout,) kept channels}`` of channel subnet ``subnet``."""
+    spec = network.resolve(subnet)
+    if spec.pattern != 'channel':
+        raise SlimmingError(f'{spec.name} is not a channel subnet')
+    keep = {}
+    for name in network.channel_layers:
+        mask = network.layers[name].channel_keep(spec)
+        if mask is not None:
+            keep[name] = mask.detach().clone().bool()
+    return keep
+
+
+def _set_param(module, name, value):
+    old = module._parameters[name]
+    module._parameters[name] = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
+
+
+def _slice_out(module, index, name):
+    """Keep output channels ``index`` of a Conv/Linear/ConvTranspose layer."""
+    out_axis, _ = weight_axes(module)
+    _set_param(module, 'weight', module._parameters['weight'].index_select(out_axis, index))
+    if module._parameters.get('bias') is not None:
+        _set_param(module, 'bias', module._parameters['bias'].index_select(0, index))
+    if isinstance(module, nn.Linear):
+        module.out_features = len(index)
+    elif hasattr(module, 'out_channels'):
+        module.out_channels = len(index)
+    else:
+        raise SlimmingError(f'cannot slice output channels of {name} '
+                            f'({type(module).__name__})')
+
+
+def _slice_in(module, index, name):
+    """Keep input channels ``index`` of a Conv/Linear/ConvTranspose layer."""
+    if getattr(module, 'groups', 1) != 1:
+        raise SlimmingError(f'cannot slice input channels of the grouped layer {name}')
+    _, in_axis = weight_axes(module)
+    _set_param(module, 'weight', module._parameters['weight'].index_select(in_axis, index))
+    if isinstance(module, nn.Linear):
+        module.in_features = len(index)
+    elif hasattr(module, 'in_channels'):
+        module.in_channels = len(index)
+    else:
+        raise SlimmingError(f'cannot slice input channels of {name} ({type(module).__name__})')
+
+
+def _slice_norm(norm, index):
+    for name in ('weight', 'bias'):
+        if norm._parameters.get(name) is not None:
+            _set_param(norm, name, norm._parameters[name].index_select(0, index))
+    for name in ('running_mean', 'running_var'):
+        if norm._buffers.get(name) is not None:
+            norm._buffers[name] = norm._buffers[name].index_select(0, index).contiguous()
+    norm.num_features = len(index)
+
+
+def _check_keep(modules, graph, keep):
+    """Validate ``keep`` before anything is changed; return the consumers' feeders."""
+    masked = [n for n, m in modules.items() if isinstance(m, MaskedLayerMixin)]
+    if masked:
+        raise SlimmingError(f'slim_channels needs an ordinary model, but {masked[0]} is still '
+                            'a masked layer: fold_masks first')
+    feeders = {}
+    for name, info in graph.channels.items():
+        for consumer in info.consumers:
+            feeders.setdefault(consumer, []).append(name)
+    for name, kept in keep.items():
+        info = graph.channels.get(name)
+        if info is None or name not in modules:
+            raise SlimmingError(f'{name!r} is not a weighted layer of the analysed model')
+        if not info.removable:
+            raise SlimmingError(f'cannot remove output channels of {name}: {info.reason}')
+        count = modules[name].weight.shape[weight_axes(modules[name])[0]]
+        if kept.dtype != torch.bool or kept.shape != (count, ):
+            raise SlimmingError(f'keep[{name!r}] must be a bool tensor of shape ({count},), got '
+                                f'{kept.dtype} {tuple(kept.shape)}')
+        if not kept.any():
+            raise SlimmingError(f'keep[{name!r}] removes every output channel')
+        for consumer in info.consumers:
+            # A layer fed by several producers (a shared head) must lose the same channels
+            # from all of them, or its input channels cannot be sliced once for all calls.
+            for other in feeders[consumer]:
+                if other not in keep or not torch.equal(keep[other].cpu(), kept.cpu()):
+                    raise SlimmingError(
+                        f'{consumer} takes input channels from {name} and {other}; both must '
+                        'keep the same channels')
+    return feeders
+
+
+@torch.no_grad()
+def slim_channels(model, graph, keep):
+    """Physically remove output channels, in place.
+
+    Args:
+        model: An ordinary model (masks folded, e.g. by :func:`fold_masks`).
+        graph: The :class:`~.dependency.GraphInfo` of ``analyze_channels`` on the model
+            the names come from.
+        keep: ``{producer layer name: bool (Cout,) tensor of kept channels}``; only layers
+            whose ``graph.channels[name].removable``.
+
+    Returns:
+        ``model``: producers' weights/bias (and ``out_channels`` / ``out_features``), their
+        follower BatchNorms' affine parameters and running statistics (``num_features``), and
+        every consumer's input channels (``in_channels`` / ``in_features``) are sliced.
+
+    Raises:
+        SlimmingError: a non-removable layer, a malformed mask, a masked model, or a consumer
+            whose producers keep different channels. Nothing is changed then.
+    """
+    modules = dict(model.named_modules())
+    _check_keep(modules, graph, keep)
+    sliced_inputs = set()
+    for name, kept in keep.items():
+        module = modules[name]
+        index = kept.to(module.weight.device).nonzero().flatten()
+        _slice_out(module, index, name)
+        for follower in graph.channels[name].followers:
+            _slice_norm(modules[follower], index)
+        for consumer in graph.channels[name].consumers:
+            if consumer not in sliced_inputs:  # shared consumers: once, all feeders agree
+                _slice_in(modules[consumer], index, consumer)
+                sliced_inputs.add(consumer)
+    return model
+
+
+def slim_subnet(network, subnet, also=()):
+    """``subnet`` (plus the masks of ``also``) as a smaller ordinary model.
+
+    Folds the masks of ``[subnet, *also]`` (:func:`fold_masks`), then, when ``subnet`` is a
+    channel subnet, slices its removed channels out (:func:`slim_channels`).
+
+    Args:
+        network: A :class:`~.attach.SparseNetwork`.
+        subnet: The subnet name (e.g. ``'channel@0.30'``).
+        also: More subnet names whose masks are folded in too (e.g. ``['unstructured@0.50']``).
+    """
+    specs = _as_specs(network, [subnet, *also])
+    channel = [s for s in specs if s.pattern == 'channel']
+    if len(channel) > 1:
+        raise SlimmingError(f'at most one channel subnet can be slimmed, got '
+                            f'{[s.name for s in channel]}')
+    model = _fold(network, specs, zero_followers=not channel)
+    if channel:
+        slim_channels(model, network.graph, channel_keep(network, channel[0]))
+    return model

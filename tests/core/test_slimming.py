@@ -1,0 +1,332 @@
+"""Folding masks and slicing channels out: same outputs, fewer parameters, plain classes."""
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from mmsparse.core import (MaskSpec, SlimmingError, SparseNetwork, SubnetNameError,
+                           channel_keep, fold_masks, generate_masks, is_masked, slim_channels,
+                           slim_subnet)
+from tiny_models import ConvBNBias, Deconv, LinearHead, Residual, build, randomize_bn
+
+SUBNETS = ['unstructured@0.50', 'channel@0.50', 'nm@2:4']
+
+
+class Composite(nn.Module):
+    """Residual block, a conv with bias + BN, a deconv and a two-FC head in one network, so
+    every producer/follower/consumer kind (Conv2d, BatchNorm2d, ConvTranspose2d, Linear)
+    is sliced at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.res = Residual(c=8)
+        self.conv = nn.Conv2d(4, 8, 3, padding=1, bias=True)
+        self.bn = nn.BatchNorm2d(8)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.down = nn.Conv2d(8, 2, 4, stride=4)
+        self.fc1 = nn.Linear(32, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.cls = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.down(torch.relu(self.up(torch.relu(self.bn(self.conv(self.res(x)))))))
+        return self.cls(torch.relu(self.fc2(torch.relu(self.fc1(y.flatten(1))))))
+
+
+def _network(cls=None):
+    torch.manual_seed(0)
+    if cls is None:
+        model, x = Composite(), torch.randn(2, 3, 8, 8)
+        randomize_bn(model)
+        run = lambda m: m(x)  # noqa: E731
+    else:
+        model, run, x = build(cls)
+    # The tiny models are mostly stem and prediction layers: mask those too (and skip N:M,
+    # which the 3-channel stems cannot take).
+    network = SparseNetwork(model, run, sparsify_input_layers=cls is not None,
+                            sparsify_output_layers=True)
+    generate_masks(network, SUBNETS if cls is None else SUBNETS[:2], MaskSpec())
+    return network, x
+
+
+def _masked_output(network, x, name):
+    network.model.eval()
+    network.set_active(name)
+    try:
+        with torch.no_grad():
+            return network.model(x)
+    finally:
+        network.set_active('dense')
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_shapes(model):
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            assert m.weight.shape[:2] == (m.in_channels, m.out_channels // m.groups), name
+        elif isinstance(m, nn.Conv2d):
+            assert m.weight.shape[:2] == (m.out_channels, m.in_channels // m.groups), name
+        elif isinstance(m, nn.Linear):
+            assert m.weight.shape == (m.out_features, m.in_features), name
+        elif isinstance(m, nn.BatchNorm2d):
+            for t in (m.weight, m.bias, m.running_mean, m.running_var):
+                assert t.shape == (m.num_features, ), name
+        if getattr(m, 'bias', None) is not None and not isinstance(m, nn.BatchNorm2d):
+            out_axis = 1 if isinstance(m, nn.ConvTranspose2d) else 0
+            assert m.bias.shape == (m.weight.shape[out_axis], ), name
+
+
+def test_composite_has_every_slicing_kind():
+    network, _ = _network()
+    channels = network.graph.channels
+    assert {'res.conv1', 'conv', 'up', 'fc1', 'fc2'} <= set(network.channel_layers)
+    assert channels['conv'].followers == ['bn'] and channels['conv'].consumers == ['up']
+    assert channels['up'].consumers == ['down'] and channels['fc2'].consumers == ['cls']
+
+
+@pytest.mark.parametrize('name', SUBNETS)
+def test_fold_masks_is_an_ordinary_model_with_the_masked_outputs(name):
+    network, x = _network()
+    folded = fold_masks(network, name)
+    assert not any(is_masked(m) for m in folded.modules())
+    assert not any('mask_' in key for key in folded.state_dict())
+    assert not any(m._forward_hooks for m in folded.modules())
+    assert type(folded.res.conv1) is nn.Conv2d and type(folded.up) is nn.ConvTranspose2d
+    assert not hasattr(folded, '_mmsparse_network')
+    pickle.loads(pickle.dumps(folded))  # nothing unpicklable (or mmsparse) left behind
+    folded.eval()
+    with torch.no_grad():
+        assert torch.equal(folded(x), _masked_output(network, x, name))
+    # The co-trained network is untouched: still masked, dense weights intact.
+    assert is_masked(network.model.res.conv1) and network.active.name == 'dense'
+    masks = network.effective_masks(name)
+    zeros = sum(int((folded.get_submodule(n).weight == 0).sum()) for n in network.layers)
+    if name.startswith('channel'):
+        # exactly the removed output rows (consumers' weights stay: their inputs are zero)
+        rows = sum(int((~network.layers[n].channel_keep(network.resolve(name))).sum()) *
+                   network.layers[n].dense_weight[0].numel() for n in network.channel_layers)
+        assert zeros == rows
+        assert (folded.bn.weight == 0).sum() == (folded.bn.bias == 0).sum() == 4
+    else:
+        removed = sum(int((~m).sum()) for m in masks.values() if m is not None)
+        assert zeros == removed
+
+
+def test_fold_ands_several_masks():
+    network, _ = _network()
+    both = fold_masks(network, ['unstructured@0.50', 'nm@2:4'])
+    u = network.layers['fc1'].mask_for(network.resolve('unstructured@0.50'))
+    nm = network.layers['fc1'].mask_for(network.resolve('nm@2:4'))
+    assert torch.equal(both.fc1.weight != 0, u & nm & (network.layers['fc1'].dense_weight != 0))
+
+
+@pytest.mark.parametrize('cls', [None, ConvBNBias, Residual, LinearHead, Deconv])
+def test_slimmed_channel_subnet_matches_the_masked_model(cls):
+    network, x = _network(cls)
+    expected = _masked_output(network, x, 'channel@0.50')
+    slim = slim_subnet(network, 'channel@0.50')
+    _check_shapes(slim)
+    assert _count(slim) < _count(network.model)
+    slim.eval()
+    with torch.no_grad():
+        out = slim(x)
+    for got, want in zip(out if isinstance(out, tuple) else [out],
+                         expected if isinstance(expected, tuple) else [expected]):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_slimmed_widths_and_counts():
+    network, _ = _network()
+    keep = channel_keep(network, 'channel@0.50')
+    assert set(keep) == set(network.channel_layers)
+    slim = slim_subnet(network, 'channel@0.50', also=['unstructured@0.50'])
+    assert slim.conv.out_channels == slim.bn.num_features == slim.up.in_channels == 4
+    assert slim.up.out_channels == slim.down.in_channels == 4
+    assert slim.fc1.out_features == slim.fc2.in_features == 8
+    assert slim.fc2.out_features == slim.cls.in_features == 8
+    assert slim.res.conv1.out_channels == slim.res.bn1.num_features == 4
+    assert slim.res.conv2.in_channels == 4 and slim.res.conv2.out_channels == 8
+    # --also: the unstructured mask is folded into what is left
+    assert (slim.res.conv2.weight == 0).any()
+    only = slim_subnet(network, 'channel@0.50')
+    assert _count(slim) == _count(only)
+    nonzero = lambda m: sum(int((p != 0).sum()) for p in m.parameters())  # noqa: E731
+    assert nonzero(slim) < nonzero(only)
+
+
+def test_non_removable_layer_is_refused():
+    network, _ = _network()
+    model = fold_masks(network, 'dense')
+    with pytest.raises(SlimmingError, match=r'cannot remove output channels of res.conv2: .*Add'):
+        slim_channels(model, network.graph, {'res.conv2': torch.ones(8, dtype=torch.bool)})
+    bad = {'conv': torch.ones(3, dtype=torch.bool)}
+    with pytest.raises(SlimmingError, match=r"keep\['conv'\] must be a bool tensor of shape"):
+        slim_channels(model, network.graph, bad)
+    with pytest.raises(SlimmingError, match='removes every output channel'):
+        slim_channels(model, network.graph, {'conv': torch.zeros(8, dtype=torch.bool)})
+    with pytest.raises(SlimmingError, match='still a masked layer: fold_masks first'):
+        slim_channels(network.model, network.graph, {'conv': torch.ones(8, dtype=torch.bool)})
+    assert model.conv.out_channels == 8  # failed requests change nothing
+
+
+def test_unknown_subnet_lists_the_valid_ones():
+    network, _ = _network()
+    with pytest.raises(SubnetNameError, match=r"unknown subnet 'channel@0.30'; this model "
+                       'holds: dense, unstructured@0.50, channel@0.50, nm@2:4'):
+        fold_masks(network, 'channel@0.30')
+    with pytest.raises(SlimmingError, match='not a channel subnet'):
+        channel_keep(network, 'nm@2:4')
+
+
+@pytest.fixture(scope='module')
+def tiny_mask_rcnn():
+    """The tests' tiny Mask R-CNN (real MMDetection modules), masks from UMG, random init
+    with non-trivial BatchNorms, and one preprocessed synthetic image."""
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from conftest import TINY_CONFIG
+    from mmsparse.models import sparsify_detector
+    register_all_modules()
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(TINY_CONFIG)).model)
+    model.init_weights()
+    randomize_bn(model)
+    network = sparsify_detector(model)
+    generate_masks(network, SUBNETS, MaskSpec())
+    model.eval()
+    packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 64)], num_items=[2],
+                            num_classes=2, with_mask=True)
+    data = model.data_preprocessor(packed, False)
+    return network, data['inputs'], data['data_samples']
+
+
+def _detector_outputs(model, inputs, samples):
+    """Features, RPN maps, box head and mask head outputs on fixed RoIs: every layer, and
+    no NMS or top-k whose order float rounding could flip."""
+    from mmdet.structures.bbox import bbox2roi
+    with torch.no_grad():
+        feats = model.extract_feat(inputs)
+        rpn_cls, rpn_reg = model.rpn_head(feats)
+        rois = bbox2roi([torch.tensor([[4., 4., 40., 40.], [10., 20., 60., 50.]])])
+        box = model.roi_head._bbox_forward(feats, rois)
+        mask = model.roi_head._mask_forward(feats, rois)
+    return [*feats, *rpn_cls, *rpn_reg, box['cls_score'], box['bbox_pred'],
+            mask['mask_preds']]
+
+
+def test_tiny_mask_rcnn_slimmed_equals_masked(tiny_mask_rcnn):
+    network, inputs, samples = tiny_mask_rcnn
+    model = network.model
+    network.set_active('channel@0.50')
+    try:
+        expected = _detector_outputs(model, inputs, samples)
+    finally:
+        network.set_active('dense')
+    slim = slim_subnet(network, 'channel@0.50').eval()
+    assert not any(is_masked(m) or m._forward_hooks for m in slim.modules())
+    _check_shapes(slim)
+    assert _count(slim) < 0.75 * _count(model)
+    widths = {n: slim.get_submodule(n).weight.shape[0] for n in
+              ('backbone.layer1.0.conv1', 'rpn_head.rpn_conv', 'roi_head.bbox_head.shared_fcs.0')}
+    assert widths == {'backbone.layer1.0.conv1': 8, 'rpn_head.rpn_conv': 8,
+                      'roi_head.bbox_head.shared_fcs.0': 16}
+    assert slim.roi_head.mask_head.upsample.weight.shape[1] == 8  # deconv's out axis is 1
+    got = _detector_outputs(slim, inputs, samples)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        assert torch.allclose(g, e, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the whole inference path runs and gives the same detections
+        pred, ref = slim.predict(inputs, samples)[0], None
+        network.set_active('channel@0.50')
+        try:
+            ref = model.predict(inputs, samples)[0]
+        finally:
+            network.set_active('dense')
+    assert torch.allclose(pred.pred_instances.bboxes, ref.pred_instances.bboxes, atol=1e-3)
+
+
+def test_tiny_mask_rcnn_fold_is_exact(tiny_mask_rcnn):
+    network, inputs, samples = tiny_mask_rcnn
+    for name in ('unstructured@0.50', 'nm@2:4', 'channel@0.50'):
+        folded = fold_masks(network, name).eval()
+        network.set_active(name)
+        try:
+            expected = _detector_outputs(network.model, inputs, samples)
+        finally:
+            network.set_active('dense')
+        for g, e in zip(_detector_outputs(folded, inputs, samples), expected):
+            assert torch.equal(g, e), name
+
+
+# -- mmsparse/core/export.py: the torch-only helpers of tools/export_subnet.py ----------------
+def test_measured_sparsity_counts_zeros_and_sliced_weights():
+    from mmsparse.core.export import measured_sparsity
+    network, _ = _network()
+    dense = {n: layer.dense_weight.numel() for n, layer in network.layers.items()}
+    folded = fold_masks(network, 'unstructured@0.50')
+    assert measured_sparsity(folded, list(network.layers), dense) == pytest.approx(0.5, abs=1e-3)
+    slim = slim_subnet(network, 'channel@0.50')
+    kept = sum(int((slim.get_submodule(n).weight != 0).sum()) for n in network.layers)
+    assert measured_sparsity(slim, list(network.layers), dense) == 1 - kept / sum(dense.values())
+    assert measured_sparsity(slim, [], {}) == 0.0
+
+
+def test_two_four_check_and_cpu_conversion_error():
+    from mmsparse.core.export import ExportError, is_two_four, to_semi_structured
+    network, _ = _network()
+    folded = fold_masks(network, 'nm@2:4')
+    assert is_two_four(folded.fc1.weight) and not is_two_four(network.layers['fc1'].dense_weight)
+    assert not is_two_four(torch.ones(4, 6))  # in_features not a multiple of 4
+    if not torch.cuda.is_available():
+        with pytest.raises(ExportError, match=r'needs a CUDA GPU .*compute capability 8\.0\+'):
+            to_semi_structured(folded, ['fc1'])
+
+
+def test_plain_value_keeps_only_weights_only_loadable_types():
+    import numpy as np
+    from mmsparse.core.export import plain_value
+    meta = dict(a=1, b=[1.5, 'x', np.float64(2.0), np.int64(3), None],
+                c=dict(d=(True, object())), e=object(), f=np.zeros(2))
+    plain = plain_value(meta)
+    assert plain == dict(a=1, b=[1.5, 'x', 2.0, 3, None], c=dict(d=[True]))
+    assert [type(v) for v in plain['b'][2:4]] == [float, int]
+
+
+def test_semi_structured_conversion_picks_the_2_4_linear_layers(monkeypatch):
+    """The selection logic, with the CUDA kernel replaced by a recorder (no GPU here)."""
+    from mmsparse.core import export
+    calls = []
+
+    def fake(weight):
+        calls.append(tuple(weight.shape))
+        return weight.clone()
+    monkeypatch.setattr(export, 'semi_structured_support', lambda: None)
+    monkeypatch.setattr(torch.sparse, 'to_sparse_semi_structured', fake)
+    network, _ = _network()
+    folded = fold_masks(network, 'nm@2:4')
+    with torch.no_grad():
+        folded.fc2.weight.fill_(1.0)  # no longer 2:4
+    converted, skipped = export.to_semi_structured(folded, list(network.layers))
+    assert converted == ['fc1', 'cls'] and calls == [(16, 32), (5, 16)]
+    assert skipped['fc2'] == 'weight is not 2:4 sparse'
+    assert skipped['res.conv1'] == 'Conv2d, not Linear' and 'up' in skipped
+    assert not folded.fc1.weight.requires_grad
+
+
+def test_channel_subnet_params_count_what_slimming_removes(tiny_mask_rcnn):
+    """subnet_stats' parameter count of a channel subnet is the slimmed model's real size,
+    including the dead input channels of the dense prediction layers (rpn_cls, fc_cls, ...)."""
+    from mmsparse.core import record_positions, subnet_stats
+    network, inputs, samples = tiny_mask_rcnn
+    positions = record_positions(network.model, lambda m: m.predict(inputs, samples))
+    stats = subnet_stats(network, 'channel@0.50', positions)
+    assert stats.params == _count(slim_subnet(network, 'channel@0.50'))
+    rpn_cls = network.effective_masks('channel@0.50')['rpn_head.rpn_cls']
+    assert rpn_cls is not None and not rpn_cls.all()  # unmasked, but reads removed channels

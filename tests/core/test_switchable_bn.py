@@ -1,0 +1,124 @@
+"""Switchable BatchNorm: separate statistics per subnet, exact switching, checkpoints."""
+import pytest
+import torch
+from torch import nn
+
+from mmsparse.core.switchable_bn import OptimizerStateSlots, SwitchableBatchNorm
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+def _values(bn):
+    return [t.detach().clone() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                         bn.num_batches_tracked)]
+
+
+def test_alternating_training_keeps_separate_statistics_and_parameters():
+    model = _model()
+    switch = SwitchableBatchNorm(model, ['a', 'b'])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(6):
+        name = 'ab'[step % 2]
+        switch.activate(name)
+        shift = 5.0 if name == 'a' else -5.0
+        loss = model(torch.randn(8, 3, 4, 4) + shift).mean() * (1 if name == 'a' else -1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    switch.sync()
+    bn = model[1]
+    assert bn.switchable_num_batches_tracked.tolist() == [3, 3]
+    mean_a, mean_b = bn.switchable_running_mean
+    assert not torch.allclose(mean_a, mean_b)
+    assert not torch.equal(bn.switchable_weight[0], bn.switchable_weight[1])
+    # the live values are b's (trained last) and its slot holds them after sync
+    assert int(bn.switchable_index) == 1 and torch.equal(bn.running_mean, mean_b)
+
+
+def test_switching_restores_values_bitwise():
+    model = _model()
+    switch = SwitchableBatchNorm(model, ['a', 'b'])
+    bn = model[1]
+    model(torch.randn(4, 3, 2, 2) * 3 + 1)  # train-mode forward: a's statistics move
+    with torch.no_grad():
+        bn.weight.add_(0.25)
+    a_values = _values(bn)
+    assert switch.activate('b') == (0, 1)
+    model(torch.randn(4, 3, 2, 2))
+    b_values = _values(bn)
+    switch.activate('a')
+    assert all(torch.equal(x, y) for x, y in zip(_values(bn), a_values))
+    switch.activate('b')
+    assert all(torch.equal(x, y) for x, y in zip(_values(bn), b_values))
+    params = [p.data_ptr() for p in model.parameters()]
+    switch.activate('dense')  # not listed: slot 0
+    assert switch.live_slot == 0
+    assert [p.data_ptr() for p in model.parameters()] == params  # same tensors, in place
+
+
+def test_state_dict_round_trip_and_stock_checkpoint():
+    model = _model()
+    switch = SwitchableBatchNorm(model, ['a', 'b', 'c'])
+    for name in 'abc':
+        switch.activate(name)
+        model(torch.randn(4, 3, 2, 2) + ord(name))
+    switch.sync()
+    state = model.state_dict()
+    assert state['1.switchable_running_mean'].shape == (3, 4)
+
+    other = _model()
+    SwitchableBatchNorm(other, ['a', 'b', 'c'])
+    other.load_state_dict(state)  # strict: every key matches
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
+
+    stock = _model()
+    stock(torch.randn(4, 3, 2, 2) + 7)  # a "pretrained" BN
+    sparse = _model()
+    switch = SwitchableBatchNorm(sparse, ['a', 'b'])
+    result = sparse.load_state_dict(stock.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for name in 'ab':
+        switch.activate(name)
+        assert torch.equal(sparse[1].running_mean, stock[1].running_mean), name
+        assert torch.equal(sparse[1].weight, stock[1].weight), name
+
+    two = _model()
+    SwitchableBatchNorm(two, ['a', 'b'])
+    with pytest.raises(ValueError, match='3 switchable BatchNorm slots, the model 2'):
+        two.load_state_dict(state)
+
+
+def test_optimizer_state_follows_the_slot():
+    model = _model()
+    switch = SwitchableBatchNorm(model, ['a', 'b'])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    slots = OptimizerStateSlots(opt, switch.parameters())
+    bn_weight = model[1].weight
+
+    def step(name, sign):
+        slots.swap(*switch.activate(name))
+        opt.zero_grad()
+        (sign * model(torch.ones(2, 3, 2, 2)).sum()).backward()
+        opt.step()
+        return opt.state[bn_weight]['momentum_buffer'].clone()
+
+    momentum_a = step('a', 1.0)
+    assert 'momentum_buffer' in opt.state[model[0].weight]
+    slots.swap(*switch.activate('b'))
+    assert bn_weight not in opt.state  # b never trained: fresh state
+    assert 'momentum_buffer' in opt.state[model[0].weight]  # shared layers untouched
+    step('b', -1.0)
+    slots.swap(*switch.activate('a'))
+    assert torch.equal(opt.state[bn_weight]['momentum_buffer'], momentum_a)
+    restored = OptimizerStateSlots(opt, switch.parameters())
+    restored.load_state_dict(slots.state_dict())
+    assert torch.equal(restored.stash[1][0]['momentum_buffer'],
+                       slots.stash[1][0]['momentum_buffer'])
+
+
+def test_model_without_batchnorm_is_an_error():
+    with pytest.raises(ValueError, match='no BatchNorm'):
+        SwitchableBatchNorm(nn.Sequential(nn.Linear(2, 2)), ['a'])

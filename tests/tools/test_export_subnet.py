@@ -1,0 +1,240 @@
+"""tools/export_subnet.py: exported subnets load and evaluate in a process that never imports
+mmsparse, with the COCO metrics tools/test.py reports for the subnet inside the checkpoint."""
+import importlib.util
+import json
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+
+SUBNETS = 'unstructured@0.3,nm@2:4,channel@0.25'
+NAMES = ['unstructured@0.30', 'nm@2:4', 'channel@0.25']
+ITERS = 100
+
+
+@pytest.fixture(scope='module')
+def sparse_checkpoint(tmp_path_factory, tiny_data):
+    """The tiny Mask R-CNN trained briefly on the 8 training images (and evaluated there, so
+    every subnet's metrics are non-zero), with three subnets' masks attached."""
+    root = tmp_path_factory.mktemp('export')
+    cfg = root / 'tiny_eval.py'
+    cfg.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}']
+        _ann = 'annotations/instances_train.json'
+        train_cfg = dict(max_iters={ITERS}, val_interval=1000)
+        default_hooks = dict(checkpoint=dict(interval={ITERS}), logger=dict(interval=50))
+        param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0,
+                                end={ITERS})]
+        val_dataloader = dict(dataset=dict(ann_file=_ann))
+        test_dataloader = val_dataloader
+        val_evaluator = dict(ann_file='{tiny_data}/' + _ann)
+        test_evaluator = val_evaluator
+    '''))
+    assert_ok(run_tool(['tools/train.py', cfg, '--work-dir', root / 'train']))
+    dense = root / 'train' / f'iter_{ITERS}.pth'
+    sparse = root / 'sparse.pth'
+    _attach_masks(cfg, dense, sparse)
+    return dict(root=root, cfg=cfg, dense=dense, sparse=sparse)
+
+
+def _attach_masks(cfg, dense, out):
+    """What tools/misc/attach_masks.py does, in this process (one interpreter start less)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+
+    import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
+    from mmsparse.core import generate_masks
+    from mmsparse.models import sparsify_detector
+    register_all_modules()
+    model = MODELS.build(Config.fromfile(str(cfg)).model)
+    checkpoint = load_checkpoint(model, str(dense), map_location='cpu')
+    generate_masks(sparsify_detector(model), SUBNETS.split(','))
+    torch.save(dict(meta=checkpoint['meta'], state_dict=model.state_dict()), out)
+
+
+@pytest.fixture(scope='module')
+def in_checkpoint(sparse_checkpoint):
+    """tools/test.py's metrics of the three subnets inside the sparse checkpoint."""
+    root = sparse_checkpoint['root']
+    result = run_tool(['tools/test.py', sparse_checkpoint['cfg'], sparse_checkpoint['sparse'],
+                       '--subnets', SUBNETS, '--work-dir', root / 'test', '--out',
+                       root / 'in_checkpoint.json'])
+    assert_ok(result)
+    return json.loads((root / 'in_checkpoint.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def exported(sparse_checkpoint):
+    root = sparse_checkpoint['root']
+    result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
+                       sparse_checkpoint['sparse'], '--subnet', SUBNETS, '--out',
+                       root / 'exported'])
+    assert_ok(result)
+    return root / 'exported', result.stdout + result.stderr
+
+
+PLAIN = '''
+import json, sys
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+from mmdet.apis import inference_detector, init_detector
+
+folder, image = sys.argv[1], sys.argv[2]
+metrics = {}
+for name in ('unstructured@0.30', 'nm@2-4'):  # ordinary checkpoints + the plain config
+    cfg = Config.fromfile(f'{folder}/{name}.py')
+    cfg.work_dir = f'{folder}/plain_{name}'
+    metrics[name] = Runner.from_cfg(cfg).test()
+    init_detector(f'{folder}/{name}.py', f'{folder}/{name}.pth', device='cpu')
+cfg = Config.fromfile(f'{folder}/channel@0.25.py')  # a pickled, physically slimmed module
+model = torch.load(f'{folder}/channel@0.25.pth', weights_only=False)['model']
+metrics['channel@0.25'] = Runner(
+    model=model, work_dir=f'{folder}/plain_channel', test_dataloader=cfg.test_dataloader,
+    test_evaluator=cfg.test_evaluator, test_cfg=cfg.test_cfg, default_scope='mmdet').test()
+detections = inference_detector(model, image)  # model.cfg travels with the module
+assert len(detections.pred_instances) > 0
+# (the editable install's path finder, __editable___mmsparse_*_finder, is no mmsparse code)
+assert 'mmsparse' not in sys.modules and not [m for m in sys.modules if m.startswith('mmsparse')]
+print('METRICS' + json.dumps(metrics))
+'''
+
+
+@pytest.fixture(scope='module')
+def plain_metrics(exported, tiny_data, tmp_path_factory):
+    folder, _ = exported
+    script = tmp_path_factory.mktemp('plain') / 'plain.py'
+    script.write_text(PLAIN)
+    # From the repository root (the configs' relative data_root), with this interpreter.
+    result = run_tool([script, folder, tiny_data / 'train/000000.png'])
+    assert_ok(result)
+    metrics = json.loads(result.stdout.split('METRICS')[-1])
+    return {name.replace('nm@2-4', 'nm@2:4'): m for name, m in metrics.items()}
+
+
+def test_plain_mmdetection_metrics_equal_the_in_checkpoint_subnets(in_checkpoint,
+                                                                    plain_metrics):
+    assert set(plain_metrics) == set(NAMES)
+    for name in NAMES:
+        plain, inside = plain_metrics[name], in_checkpoint[name]
+        keys = [k for k in plain if k.startswith('coco/')]
+        assert len(keys) == 12 and inside['coco/bbox_mAP'] > 0.0, name  # informative
+        if name.startswith('channel'):  # slimmed: same function up to float rounding
+            for key in keys:
+                assert abs(plain[key] - inside[key]) <= 1e-3, (name, key)
+        else:  # folded: the very same arithmetic as the masked forward
+            assert {k: plain[k] for k in keys} == {k: inside[k] for k in keys}, name
+    assert len({m['coco/bbox_mAP_50'] for m in plain_metrics.values()}) > 1
+
+
+def test_exported_files(exported, in_checkpoint, sparse_checkpoint):
+    folder, log = exported
+    for name in ('unstructured@0.30', 'nm@2-4'):
+        ckpt = torch.load(folder / f'{name}.pth', weights_only=True)  # plain tensors only
+        assert set(ckpt) == {'meta', 'state_dict'}
+        assert not [k for k in ckpt['state_dict'] if k.rsplit('.', 1)[-1].startswith('mask_')]
+        info = ckpt['meta']['mmsparse']
+        inside = in_checkpoint[name.replace('-', ':')]
+        assert info['subnet'] == name.replace('-', ':') and info['format'] == 'state_dict'
+        assert abs(info['sparsity'] - inside['sparsity']) < 1e-4  # measured zeros
+        assert info['source_checkpoint'] == str(sparse_checkpoint['sparse'])
+        assert ckpt['meta']['dataset_meta']['classes'][0] == 'circle'
+        config = (folder / f'{name}.py').read_text()
+        assert 'mmsparse.' not in config.replace('mmsparse tools/', '')
+        assert "type='CocoDataset'" in config and 'load_from' in config
+    slim = torch.load(folder / 'channel@0.25.pth', weights_only=False)
+    info = slim['meta']['mmsparse']
+    assert info['format'] == 'pickled-module'
+    assert info['params'] < 0.8 * info['params_dense']
+    assert info['params'] == sum(p.numel() for p in slim['model'].parameters())
+    assert slim['model'].backbone.layer1[0].conv1.out_channels == 12  # 16 - 25 %
+    assert type(slim['model'].backbone.layer1[0].conv1) is torch.nn.Conv2d
+    assert "model = torch.load(" in log and 'weights_only=False' in log  # the recipe
+    assert log.count('] 3/3') == 1  # one progress bar over the three subnets
+
+
+def test_also_and_bn_recalibration(sparse_checkpoint, exported, tmp_path):
+    out = tmp_path / 'combo.pth'
+    result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
+                       sparse_checkpoint['sparse'], '--subnet', 'channel@0.25', '--also',
+                       'unstructured@0.3', '--recalibrate-bn', '2', '--out', out])
+    assert_ok(result)
+    combo = torch.load(out, weights_only=False)
+    only = torch.load(exported[0] / 'channel@0.25.pth', weights_only=False)
+    info = combo['meta']['mmsparse']
+    assert info['also'] == ['unstructured@0.30'] and info['recalibrated_bn_batches'] == 2
+    # channel removal and the unstructured zeros together
+    assert info['sparsity'] > only['meta']['mmsparse']['sparsity'] + 0.1
+    assert info['params'] == only['meta']['mmsparse']['params']
+    assert 'BatchNorm recalibrated on 2 batches' in result.stdout
+    bn, bn_only = (m['model'].backbone.layer1[0].bn1 for m in (combo, only))
+    assert bn.momentum == bn_only.momentum == 0.1  # statistics re-estimated, momentum kept
+    assert not torch.allclose(bn.running_mean, bn_only.running_mean)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only message')
+def test_semi_structured_on_cpu_says_it_needs_a_gpu(sparse_checkpoint, tmp_path):
+    out = tmp_path / 'x.pth'
+    result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
+                       sparse_checkpoint['sparse'], '--subnet', 'nm@2:4', '--semi-structured',
+                       '--out', out])
+    assert result.returncode != 0 and not out.exists()
+    assert ('--semi-structured needs a CUDA GPU with semi-structured (2:4) sparse support '
+            '(compute capability 8.0+') in result.stderr and 'no CUDA device' in result.stderr
+
+
+def test_unknown_subnet_and_maskless_checkpoint(sparse_checkpoint):
+    """In-process (the tool's own functions): no interpreter start per error case."""
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from mmsparse.core import SubnetNameError, parse_subnet
+    tool = _tool()
+    register_all_modules()
+    cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
+    model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['sparse']))
+    with pytest.raises(SubnetNameError, match=r"unknown subnet 'channel@0.99'; this model "
+                       'holds: dense, unstructured@0.30, channel@0.25, nm@2:4'):
+        tool.export_model(model, network, parse_subnet('channel@0.99'), ())
+    model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['dense']))
+    assert network is None
+    with pytest.raises(tool.ExportError, match="holds no sparse subnets .*only 'dense'"):
+        tool.export_model(model, network, parse_subnet('nm@2:4'), ())
+    dense, slimmed = tool.export_model(model, network, parse_subnet('dense'), ())
+    assert not slimmed and dense.state_dict().keys() == model.state_dict().keys()
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location('export_subnet',
+                                                  REPO / 'tools/export_subnet.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_plain_config_of_a_cocktail_config():
+    """The co-training config (hooks, SubnetValLoop, helper variables, the shapes dataset)
+    becomes one with MMDetection types only."""
+    from mmengine.config import Config
+    tool = _tool()
+    cfg = Config.fromfile(str(REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'))
+    assert cfg.val_cfg.type == 'mmsparse.SubnetValLoop' and 'cocktail_val_cfg' in cfg
+    plain = tool.plain_config(cfg, '/x/u50.pth')
+    assert not list(tool._find_mmsparse_types(plain._cfg_dict.to_dict()))
+    assert plain.custom_hooks == [] and plain.val_cfg.type == 'ValLoop'
+    assert 'cocktail_val_cfg' not in plain and plain.load_from == '/x/u50.pth'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = plain[loader].dataset
+        assert dataset.type == 'CocoDataset' and dataset.metainfo['classes'][0] == 'circle'
+    assert plain.dataset_type == 'CocoDataset' and plain.model == cfg.model
+    assert cfg.val_cfg.type == 'mmsparse.SubnetValLoop'  # the original is untouched
+    cfg.custom_imports = dict(imports=['mmsparse.engine', 'my_plugin'])
+    assert tool.plain_config(cfg).custom_imports.imports == ['my_plugin']
+    cfg.test_evaluator = dict(type='mmsparse.SomeMetric')
+    with pytest.raises(tool.ExportError, match=r'would still need mmsparse: '
+                       r"\['test_evaluator.type=mmsparse.SomeMetric'\]"):
+        tool.plain_config(cfg)
