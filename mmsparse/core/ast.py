@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .patterns import global_levels, nested_levels, nm_mask, topk_mask
+from .patterns import check_ratio, global_levels, nested_levels, nm_mask, topk_mask
 from .schedules import polynomial_progress
 
 
@@ -62,8 +62,7 @@ def gradual_density(iteration, max_iters, final_density, start=0.0, end=0.5, pow
 
 def gradual_sparsity(iteration, max_iters, final_sparsity, start=0.0, end=0.5, power=3):
     """``1 - gradual_density`` from a dense start, exactly ``final_sparsity`` from ``end``."""
-    if not 0.0 <= final_sparsity < 1.0:
-        raise ValueError(f'final sparsity must be in [0, 1), got {final_sparsity}')
+    check_ratio(final_sparsity, 'final sparsity')
     return final_sparsity * polynomial_progress(iteration, max_iters, start, end, power)
 
 

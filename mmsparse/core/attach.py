@@ -98,6 +98,9 @@ class SparseNetwork:
             for follower in self.graph.channels[name].followers:
                 modules[follower].register_forward_hook(ChannelOutputMask(self.layers[name]))
         self.active = DENSE
+        # ``fn(spec)`` called after every switch, for state that must follow the active
+        # subnet beyond the masks (e.g. AST's switchable BatchNorm).
+        self.switch_listeners = []
         self._subnets_cache = None
 
     def subnets(self):
@@ -127,6 +130,8 @@ class SparseNetwork:
         for layer in self.layers.values():
             layer.active_subnet = spec
         self.active = spec
+        for listener in self.switch_listeners:
+            listener(spec)
         return spec
 
     def channel_producers(self):

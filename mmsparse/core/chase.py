@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .allocation import erk_densities
 from .dst import prune_and_grow
-from .patterns import channel_scores_umm, topk_mask
+from .patterns import channel_scores_umm, check_ratio, topk_mask
 from .schedules import polynomial_progress
 from .subnets import SubnetSpec
 
@@ -71,11 +71,8 @@ class ChaseSchedule:
     prune_scope: str = 'global'
 
     def __post_init__(self):
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f'Chase sparsity must be in [0, 1), got {self.sparsity}')
-        if not 0.0 <= self.channel_sparsity < 1.0:
-            raise ValueError(f'Chase channel_sparsity must be in [0, 1), got '
-                             f'{self.channel_sparsity}')
+        check_ratio(self.sparsity, 'Chase sparsity')
+        check_ratio(self.channel_sparsity, 'Chase channel_sparsity')
         if self.update_interval < 1:
             raise ValueError(f'update_interval must be >= 1, got {self.update_interval}')
         if self.last_update < self.update_interval:

@@ -125,21 +125,14 @@ class SparseASTHook(Hook):
 
     def _follow_set_active(self, network):
         """Switch BatchNorm slots whenever anything (this hook, the subnet val/test loops,
-        tools) sets the active subnet. SparseNetwork has no listener API, so its bound
-        ``set_active`` is wrapped on this instance."""
-        if getattr(network, '_ast_follows', False):
-            return
-        original = network.set_active
+        tools) sets the active subnet."""
+        if self._on_switch not in network.switch_listeners:
+            network.switch_listeners.append(self._on_switch)
 
-        def set_active(name):
-            spec = original(name)
-            previous, index = self.switch.activate(spec.name)
-            if self.optim_slots is not None:
-                self.optim_slots.swap(previous, index)
-            return spec
-
-        network.set_active = set_active
-        network._ast_follows = True
+    def _on_switch(self, spec):
+        previous, index = self.switch.activate(spec.name)
+        if self.optim_slots is not None:
+            self.optim_slots.swap(previous, index)
 
     def before_train(self, runner):
         network = self._network(runner)
