@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from mmsparse.core import is_mask_key
 from mmsparse.datasets.shapes import ShapesSpec, dataset_is_current, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +41,37 @@ def assert_ok(result):
     """Fail with the tool's own output when it exited non-zero."""
     assert result.returncode == 0, (f'exit {result.returncode}\nSTDOUT:\n{result.stdout[-4000:]}'
                                     f'\nSTDERR:\n{result.stderr[-6000:]}')
+
+
+def train_two_ranks(cfg, work, port):
+    """Train ``cfg`` in two gloo processes with ``tools/dist_train.sh``.
+
+    Returns:
+        (the log, ``[rank 0, rank 1]`` dumps of tests/helpers' SubnetTraceHook
+        (``trace_rank<r>.pth``), the same of RankWeightDumpHook (``rank<r>_params.pth``));
+        a dump is None when the config has no such hook.
+    """
+    result = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
+                      env={'PORT': str(port)})
+    assert_ok(result)
+
+    def dumps(pattern):
+        files = [work / pattern.format(rank) for rank in (0, 1)]
+        return [torch.load(f, weights_only=True) for f in files] if files[0].exists() else None
+    return (result.stdout + result.stderr, dumps('trace_rank{}.pth'),
+            dumps('rank{}_params.pth'))
+
+
+def assert_same_tensors(a, b):
+    """Two non-empty ``{name: tensor}`` dicts with the same names and equal tensors."""
+    assert a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def checkpoint_state(path, masks=None):
+    """A checkpoint's state dict: every entry (``masks=None``), only the mask buffers
+    (True) or only the rest (False)."""
+    state = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+    if masks is None:
+        return state
+    return {k: v for k, v in state.items() if is_mask_key(k) == masks}

@@ -33,7 +33,8 @@ import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from mmsparse.core import DENSE, fold_masks, parse_subnet, parse_subnets, slim_subnet
 from mmsparse.core.batchnorm import recalibrated_bn, restore_bn_stats, save_bn_stats
 from mmsparse.core.export import (ExportError, measured_sparsity, plain_value,
-                                  semi_structured_support, to_semi_structured)
+                                  semi_structured_needs_half, semi_structured_support,
+                                  to_semi_structured)
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_masked_layers
 from mmsparse.models import detector_predict_run, sparsify_detector
@@ -256,7 +257,14 @@ def write_one(args, cfg, model, network, spec, also, out, source_meta, batches):
     plain = plain_config(cfg, None if info['format'] == 'pickled-module' else osp.abspath(out))
     if args.semi_structured:
         exported.cuda()
-        info['semi_structured'], skipped = to_semi_structured(exported, layer_names)
+        # cuSPARSELt has no fp32 kernels: fp32 layers become fp16, and the exported config
+        # runs inference under fp16 autocast.
+        dtype = torch.float16 if semi_structured_needs_half(exported, layer_names) else None
+        if dtype is not None:
+            info['semi_structured_dtype'] = 'float16'
+            plain.test_cfg = dict(type='TestLoop', fp16=True)
+            plain.val_cfg = dict(type='ValLoop', fp16=True)
+        info['semi_structured'], skipped = to_semi_structured(exported, layer_names, dtype)
         info['semi_structured_skipped'] = skipped  # layer -> why it stays dense
         if not info['semi_structured']:
             raise ExportError(f'no layer could be converted to 2:4 semi-structured: {skipped}')
@@ -284,13 +292,16 @@ def how_to_load(info, out, config_path):
             python tools/test.py {config_path} {out}    # MMDetection's own tools/test.py
             Runner.from_cfg(Config.fromfile('{config_path}')).test()    # load_from is set
             mmdet.apis.init_detector('{config_path}', '{out}')''')
+    # Unpickling a 2:4 tensor does not load torch's dispatch table for it (creating one does).
+    semi = ('torch.sparse.SparseSemiStructuredTensorCUSPARSELT._load_dispatch_table()\n        '
+            if info.get('semi_structured') else '')
     return textwrap.dedent(f'''\
         # plain MMDetection (no mmsparse); a pickled module: load only files you trust
         import torch
         from mmengine.config import Config
         from mmengine.runner import Runner
         cfg = Config.fromfile('{config_path}')
-        model = torch.load('{out}', weights_only=False)['model']
+        {semi}model = torch.load('{out}', weights_only=False)['model']
         Runner(model=model, work_dir='work_dirs/exported', test_dataloader=cfg.test_dataloader,
                test_evaluator=cfg.test_evaluator, test_cfg=cfg.test_cfg,
                default_scope='mmdet').test()

@@ -117,7 +117,7 @@ class ChaseSchedule:
 
     def floor(self, channels):
         """Fewest channels a layer of ``channels`` output channels may keep (>= 1)."""
-        return max(1, math.ceil(self.beta * (1.0 - self.channel_sparsity) * channels - 1e-9))
+        return channel_floor(channels, self.beta, self.channel_sparsity)
 
     @property
     def unstructured(self):
@@ -129,6 +129,12 @@ class ChaseSchedule:
 
 
 # -- pure mask functions -------------------------------------------------------------------
+def channel_floor(channels, beta, channel_sparsity):
+    """Chase's per-layer floor: a layer of ``channels`` output channels keeps at least
+    ``ceil(beta (1 - channel_sparsity) channels)`` of them (and at least one)."""
+    return max(1, math.ceil(beta * (1.0 - channel_sparsity) * channels - 1e-9))
+
+
 def select_channels(scores, keep, removed_total, floors):
     """Remove the globally lowest-scoring channels until ``removed_total`` are removed.
 
@@ -147,8 +153,9 @@ def select_channels(scores, keep, removed_total, floors):
     if need <= 0:
         return new
     names = list(keep)
+    # On the CPU: the loop below reads single elements (one device sync each on a GPU).
     flat = torch.cat([torch.where(keep[n], scores[n].float(), torch.full_like(
-        scores[n].float(), float('inf'))) for n in names])
+        scores[n].float(), float('inf'))).cpu() for n in names])
     owner = torch.cat([torch.full((keep[n].numel(), ), i) for i, n in enumerate(names)])
     index = torch.cat([torch.arange(keep[n].numel()) for n in names])
     room = {n: int(keep[n].sum()) - floors[n] for n in names}

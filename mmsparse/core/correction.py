@@ -33,6 +33,10 @@ class GradientCorrector:
     Args:
         group_size: K; the stored gradients are dropped at the start of every group, so the
             first subnet of a group is never corrected.
+
+    Attributes:
+        only: None (correct every parameter with a gradient) or the parameters to correct
+            (see :meth:`restrict`); the others are neither corrected nor remembered.
     """
 
     def __init__(self, group_size):
@@ -42,6 +46,14 @@ class GradientCorrector:
         self.group_size = group_size
         self.previous = {}
         self.fired = 0
+        self.only = None
+
+    def restrict(self, params):
+        """Correct only ``params`` (None: every parameter). Parameters whose tensor belongs
+        to a different subnet on consecutive iterations (e.g. switchable BatchNorm's live
+        values) must be left out: their "previous" gradient is another tensor's."""
+        self.only = None if params is None else {id(p) for p in params}
+        self.previous = {}
 
     @torch.no_grad()
     def apply(self, named_params, iteration):
@@ -54,7 +66,7 @@ class GradientCorrector:
             self.previous = {}
         fired = 0
         for name, param in named_params:
-            if param.grad is None:
+            if param.grad is None or (self.only is not None and id(param) not in self.only):
                 continue
             previous = self.previous.get(name)
             if previous is not None:

@@ -74,6 +74,18 @@ def semi_structured_support():
     return None
 
 
+def semi_structured_needs_half(model, layer_names):
+    """True when a named Linear layer is fp32 and this GPU has no fp32 2:4 kernel.
+
+    cuSPARSELt (torch's default backend) has no fp32 kernels at all; CUTLASS's run fp32 on
+    compute capability 8.x only (A100-class), not on Hopper.
+    """
+    modules = dict(model.named_modules())
+    fp32 = any(isinstance(modules[n], nn.Linear) and modules[n].weight.dtype == torch.float32
+               for n in layer_names)
+    return fp32 and torch.cuda.get_device_capability()[0] != 8
+
+
 def is_two_four(weight):
     """True when every group of 4 consecutive weights along the input axis (the last axis of
     a Linear weight, the layout 2:4 kernels use) has at most 2 nonzeros."""
@@ -83,12 +95,20 @@ def is_two_four(weight):
 
 
 @torch.no_grad()
-def to_semi_structured(model, layer_names):
+def to_semi_structured(model, layer_names, dtype=None):
     """Convert the named 2:4-sparse Linear layers' weights with
     ``torch.sparse.to_sparse_semi_structured``, in place (the model must be on the GPU).
 
     Layers that are not Linear, not 2:4, or whose shape or dtype the kernels reject are left
     dense.
+
+    Args:
+        model: The exported (masks folded) model, on the GPU.
+        layer_names: Candidate layers (the sparse network's masked layers).
+        dtype: Cast each converted layer (weight and bias) to this dtype first. cuSPARSELt
+            has fp16/bf16/int8 kernels only and CUTLASS's fp32 ones need compute capability
+            8.x, so an fp32 model on a Hopper GPU needs ``torch.float16``; the model must
+            then run under fp16 autocast (mmengine's ``TestLoop(fp16=True)``).
 
     Returns:
         ``(converted names, {skipped name: reason})``.
@@ -109,6 +129,8 @@ def to_semi_structured(model, layer_names):
             skipped[name] = 'weight is not 2:4 sparse'
             continue
         dense = weight.detach().contiguous()
+        if dtype is not None:
+            dense = dense.to(dtype)
         try:
             sparse = to_sparse_semi_structured(dense)
         except RuntimeError as error:
@@ -119,5 +141,7 @@ def to_semi_structured(model, layer_names):
                 skipped[name] = str(error).splitlines()[0]
                 continue
         module.weight = nn.Parameter(sparse, requires_grad=False)
+        if dtype is not None and module.bias is not None:
+            module.bias = nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
         converted.append(name)
     return converted, skipped

@@ -64,8 +64,8 @@ def _levels_radix(flat, keeps, drop_bits=12):
     bins = []
     for keep in keeps:  # the highest bin b with at_or_above[b] >= keep holds the threshold
         bins.append(int(torch.nonzero(at_or_above >= keep).max()))
-    is_candidate = torch.zeros(counts.numel(), dtype=torch.bool)
-    reach_table = torch.zeros(counts.numel(), dtype=torch.uint8)
+    is_candidate = torch.zeros(counts.numel(), dtype=torch.bool, device=flat.device)
+    reach_table = torch.zeros(counts.numel(), dtype=torch.uint8, device=flat.device)
     for b in bins:
         is_candidate[b] = True
         reach_table[b + 1:] += 1

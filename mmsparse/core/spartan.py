@@ -198,6 +198,11 @@ class SpartanMasker:
         self.tol, self.max_iter = tol, max_iter
         self._mu = {}  # warm starts of the solver, per budget group
 
+    def reset(self):
+        """Forget the solver's warm starts, so the next masks depend on the weights alone
+        (e.g. for masks that must be reproduced exactly after resuming)."""
+        self._mu.clear()
+
     # -- units: weights or blocks -----------------------------------------------------------
     def _values(self, layer):
         scores = _float(layer.dense_weight).abs()

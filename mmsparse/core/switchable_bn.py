@@ -70,6 +70,8 @@ def _fill_missing_slots(module, state_dict, prefix, local_metadata, strict, miss
     """Load pre-hook: a checkpoint without slots fills every slot with its live values;
     one with a different number of slots is an error naming the layer."""
     count = num_slots(module)
+    if any(prefix + n in state_dict for n in [*_slotted(module), SLOT_PREFIX + 'index']):
+        module._switchable_loaded = True  # the slots now come from a checkpoint
     if prefix + SLOT_PREFIX + 'index' not in state_dict:
         for name in _slotted(module):
             live = state_dict.get(prefix + name)
@@ -167,6 +169,29 @@ class SwitchableBatchNorm:
             for bn in self.norms.values():
                 getattr(bn, SLOT_PREFIX + 'index').fill_(index)
         return previous, index
+
+    @property
+    def loaded(self):
+        """True when every BatchNorm's slots were loaded from a checkpoint."""
+        return all(getattr(bn, '_switchable_loaded', False) for bn in self.norms.values())
+
+    @torch.no_grad()
+    def fill_from_live(self):
+        """Copy the live values into *every* slot of the BatchNorms not loaded from a
+        checkpoint (a fresh run): the slots are created before the model's weight
+        initialisation (mmengine calls ``before_run`` hooks first), so without this every
+        slot but the live one would keep PyTorch's default BN values instead of the
+        model's initialisation (e.g. MMDetection ResNet's zero-initialised last BN of each
+        residual block). Returns how many BatchNorms were filled."""
+        filled = 0
+        for bn in self.norms.values():
+            if getattr(bn, '_switchable_loaded', False):
+                continue
+            for name in _slotted(bn):
+                getattr(bn, SLOT_PREFIX + name).copy_(_live(bn, name).unsqueeze(0).expand_as(
+                    getattr(bn, SLOT_PREFIX + name)))
+            filled += 1
+        return filled
 
     @torch.no_grad()
     def sync(self):

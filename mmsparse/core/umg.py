@@ -125,7 +125,8 @@ def _channel_scores(score, layer, method, u_ratios, u_level, nm, count):
         base = per_channel.sum(1) if not nm else 0.0
         return [base + nm_term] * count
     level = u_level.movedim(layer.out_axis, 0).reshape(cout, -1).long()
-    by_level = torch.zeros(cout, len(u_ratios) + 1).scatter_add_(1, level, per_channel)
+    by_level = torch.zeros(cout, len(u_ratios) + 1, device=per_channel.device).scatter_add_(
+        1, level, per_channel)
     at_least = by_level.flip(1).cumsum(1).flip(1)  # column j: sum of |w| with level >= j
     return [UNSTRUCTURED_WEIGHT * at_least[:, _rank_match(i, count, len(u_ratios)) + 1] + nm_term
             for i in range(count)]

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from mmsparse.core import SparseNetwork
 from mmsparse.core.chase import (ChaseSchedule, DenseGradientRecorder, allowed_masks,
@@ -12,29 +11,7 @@ from mmsparse.core.chase import (ChaseSchedule, DenseGradientRecorder, allowed_m
                                  init_chase_masks, select_channels,
                                  umm_scores, weight_masks)
 from mmsparse.core.slimming import fold_masks, slim_subnet
-
-
-class Chain(nn.Module):
-    """stem -> conv_a (bias) -> BN -> conv_b -> BN -> conv_c, added to the stem -> head.
-
-    conv_a and conv_b are removable (BN followers, conv consumers); conv_c feeds the add.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv_a = nn.Conv2d(8, 16, 3, padding=1, bias=True)
-        self.bn_a = nn.BatchNorm2d(16)
-        self.conv_b = nn.Conv2d(16, 12, 3, padding=1, bias=False)
-        self.bn_b = nn.BatchNorm2d(12)
-        self.conv_c = nn.Conv2d(12, 8, 1)
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x):
-        s = torch.relu(self.stem(x))
-        a = torch.relu(self.bn_a(self.conv_a(s)))
-        b = torch.relu(self.bn_b(self.conv_b(a)))
-        return self.head(torch.relu(self.conv_c(b) + s))
+from tiny_models import Chain
 
 
 def _network(seed=0):

@@ -50,3 +50,19 @@ def test_group_boundaries_reset_and_validation():
     assert corrector.apply([('p', p)], 2) == 0  # iteration 2 starts a new group
     with pytest.raises(ValueError, match='>= 2 subnets'):
         GradientCorrector(1)
+
+
+def test_restrict_corrects_and_remembers_only_the_given_params():
+    """A parameter outside the restriction keeps its raw gradient even when it conflicts."""
+    corrector = GradientCorrector(group_size=2)
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    corrector.restrict([a])
+    a.grad, b.grad = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])
+    corrector.apply([('a', a), ('b', b)], 0)
+    assert set(corrector.previous) == {'a'}
+    a.grad, b.grad = torch.tensor([-1.0, 1.0]), torch.tensor([-1.0, 1.0])
+    assert corrector.apply([('a', a), ('b', b)], 1) == 1
+    assert torch.equal(a.grad, torch.tensor([0.0, 1.0]))  # projected
+    assert torch.equal(b.grad, torch.tensor([-1.0, 1.0]))  # untouched
+    corrector.restrict(None)  # back to every parameter
+    assert corrector.only is None and corrector.previous == {}

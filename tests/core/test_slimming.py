@@ -320,6 +320,39 @@ def test_semi_structured_conversion_picks_the_2_4_linear_layers(monkeypatch):
     assert not folded.fc1.weight.requires_grad
 
 
+def test_semi_structured_conversion_casts_to_the_kernel_dtype(monkeypatch):
+    """With ``dtype`` (an fp32 model on a GPU without fp32 2:4 kernels), each converted
+    layer's weight and bias are cast first; other layers keep their dtype."""
+    from mmsparse.core import export
+    seen = []
+
+    def fake(weight):
+        seen.append(weight.dtype)
+        return weight.clone()
+    monkeypatch.setattr(export, 'semi_structured_support', lambda: None)
+    monkeypatch.setattr(torch.sparse, 'to_sparse_semi_structured', fake)
+    network, _ = _network()
+    folded = fold_masks(network, 'nm@2:4')
+    converted, _ = export.to_semi_structured(folded, list(network.layers), torch.float16)
+    assert converted == ['fc1', 'fc2', 'cls'] and seen == [torch.float16] * 3
+    assert folded.fc1.weight.dtype == folded.fc1.bias.dtype == torch.float16
+    assert folded.res.conv1.weight.dtype == torch.float32
+
+
+def test_semi_structured_needs_half_for_fp32_off_ampere(monkeypatch):
+    """cuSPARSELt has no fp32 kernels and CUTLASS's fp32 ones run on compute capability 8.x
+    only: fp32 Linear layers need fp16 on a Hopper GPU, not on an A100, and fp16 never."""
+    from mmsparse.core import export
+    network, _ = _network()
+    folded = fold_masks(network, 'nm@2:4')
+    names = list(network.layers)
+    for capability, fp32_needs_half in (((9, 0), True), ((8, 0), False), ((8, 6), False)):
+        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda c=capability: c)
+        assert export.semi_structured_needs_half(folded, names) is fp32_needs_half
+    folded.half()
+    assert export.semi_structured_needs_half(folded, names) is False
+
+
 def test_channel_subnet_params_count_what_slimming_removes(tiny_mask_rcnn):
     """subnet_stats' parameter count of a channel subnet is the slimmed model's real size,
     including the dead input channels of the dense prediction layers (rpn_cls, fc_cls, ...)."""

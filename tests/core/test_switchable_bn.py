@@ -122,3 +122,28 @@ def test_optimizer_state_follows_the_slot():
 def test_model_without_batchnorm_is_an_error():
     with pytest.raises(ValueError, match='no BatchNorm'):
         SwitchableBatchNorm(nn.Sequential(nn.Linear(2, 2)), ['a'])
+
+
+def test_fill_from_live_gives_every_slot_the_initialised_values():
+    """Slots are made before the weight initialisation (mmengine's before_run): filling
+    from the live values afterwards must reach every slot; loaded slots are left alone."""
+    model = _model()
+    switch = SwitchableBatchNorm(model, ['a', 'b', 'c'])
+    bn = model[1]
+    with torch.no_grad():  # the initialisation after the slots exist (e.g. zero-init)
+        bn.weight.zero_()
+        bn.bias.fill_(0.5)
+    assert not switch.loaded and torch.equal(bn.switchable_weight[2], torch.ones(4))
+    assert switch.fill_from_live() == 1
+    for slot in range(3):
+        assert torch.equal(bn.switchable_weight[slot], torch.zeros(4))
+        assert torch.equal(bn.switchable_bias[slot], torch.full((4, ), 0.5))
+    switch.activate('c')  # the third subnet now starts from the initialised BN too
+    assert torch.equal(bn.weight, torch.zeros(4))
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    saved['1.switchable_weight'][1].fill_(7.0)
+    fresh = _model()
+    loaded = SwitchableBatchNorm(fresh, ['a', 'b', 'c'])
+    fresh.load_state_dict(saved)
+    assert loaded.loaded and loaded.fill_from_live() == 0  # a checkpoint's slots are kept
+    assert torch.equal(fresh[1].switchable_weight[1], torch.full((4, ), 7.0))

@@ -103,6 +103,29 @@ INPUTS = {ConvBNBias: (2, 4, 8, 8), Residual: (2, 3, 8, 8), FPNLike: (1, 3, 16, 
           LinearHead: (3, 2, 4, 4), Deconv: (1, 4, 6, 6), Concat: (1, 3, 5, 5)}
 
 
+class Chain(nn.Module):
+    """stem -> conv_a (bias) -> BN -> conv_b -> BN -> conv_c, added to the stem -> head.
+
+    conv_a and conv_b are removable (BN followers, conv consumers); conv_c feeds the add.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(8, 16, 3, padding=1, bias=True)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.conv_b = nn.Conv2d(16, 12, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(12)
+        self.conv_c = nn.Conv2d(12, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        a = torch.relu(self.bn_a(self.conv_a(s)))
+        b = torch.relu(self.bn_b(self.conv_b(a)))
+        return self.head(torch.relu(self.conv_c(b) + s))
+
+
 def randomize_bn(model):
     """Give every BatchNorm non-trivial statistics and affines (so tests see them act)."""
     for m in model.modules():

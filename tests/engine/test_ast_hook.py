@@ -15,7 +15,8 @@ from mmengine.logging import MessageHub
 from torch import nn
 
 import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, checkpoint_state,
+                      run_tool, train_two_ranks)
 from mmsparse.core import SparseNetwork, check_selection, generate_masks, parse_subnets
 from mmsparse.core.ast import regrow_fraction, regrow_level, regrow_nm
 from mmsparse.core.patterns import keep_count
@@ -126,6 +127,39 @@ def test_switchable_bn_follows_every_set_active_and_checks_pairing():
         SparseASTHook(subnets=['channel@0.30'])
 
 
+@pytest.mark.parametrize('scope', ['masked', 'shared', 'all'])
+def test_correction_scope_selects_the_corrected_parameters(scope):
+    """'masked' (default): only the masked weights; 'shared': all but the switchable BN
+    parameters (another subnet's tensors on consecutive iterations); 'all': everything."""
+    subnets = ['unstructured@0.50', 'unstructured@0.80']
+    model, network, runner, x = _stub(subnets, batchnorm=True, name=f'scope-{scope}')
+    hook = SparseASTHook(subnets=subnets, update_interval=2, correction_scope=scope)
+    hook.before_run(runner)
+    hook.before_train(runner)
+    only = runner.optim_wrapper.corrector.only
+    masked = {id(layer.dense_weight) for layer in network.layers.values()}
+    bn = {id(p) for p in model[1].parameters()}
+    every = {id(p) for p in model.parameters()}
+    if scope == 'masked':
+        assert only == masked
+    elif scope == 'shared':
+        assert only == every - bn and bn and masked < only
+    else:
+        assert only is None
+    for t in range(4):  # train: only the selected parameters are ever remembered
+        runner.iter = t
+        runner.message_hub.update_info('iter', t)
+        hook.before_train_iter(runner, t)
+        loss = ((model(x) - torch.randn(4, 4, 6, 6)) ** 2).mean()
+        runner.optim_wrapper.update_params(loss)
+        hook.after_train_iter(runner, t, outputs=dict(loss=loss))
+    remembered = {id(p) for n, p in runner.optim_wrapper._named_params()
+                  if n in runner.optim_wrapper.corrector.previous}
+    assert remembered == (only if only is not None else every)
+    with pytest.raises(ValueError, match='correction_scope'):
+        SparseASTHook(subnets=subnets, correction_scope='bn')
+
+
 ITERS = 8
 
 
@@ -148,10 +182,6 @@ def _config(tmp_path):
     return cfg
 
 
-def _state(path):
-    return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
-
-
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp('ast')
@@ -167,7 +197,7 @@ def test_training_alternates_subnets_with_gradient_correction(trained):
         assert f'iteration {t} trained unstructured@{"0.50" if t % 2 == 0 else "0.80"}' in log
     fired = [int(x.split('fired ')[1].split(' ')[0]) for x in log.splitlines() if 'fired' in x]
     assert fired[-1] > 0 and 'loss_unstructured_0.80:' in log and 'pruned and regrew' in log
-    state = _state(root / f'a/iter_{ITERS}.pth')
+    state = checkpoint_state(root / f'a/iter_{ITERS}.pth')
     bn = 'backbone.layer1.0.bn1.switchable_running_mean'
     assert state[bn].shape[0] == 2 and not torch.equal(state[bn][0], state[bn][1])
     levels = {k: v for k, v in state.items() if k.endswith('mask_unstructured_level')}
@@ -175,6 +205,20 @@ def test_training_alternates_subnets_with_gradient_correction(trained):
     for rank, ratio in enumerate((0.5, 0.8)):  # global counts exact after regrowth
         assert sum(int((v >= rank + 1).sum()) for v in levels.values()) == keep_count(total,
                                                                                         ratio)
+
+
+def test_every_bn_slot_starts_from_the_initialised_model(trained):
+    """mmengine initialises the weights after ``before_run``: subnet 2's BN slot must hold
+    the initialisation (ResNet's zero-initialised last BN of each block), not PyTorch's
+    default BN. iter_1.pth is saved after iteration 0, so slot 1 is still untrained."""
+    root, _, log = trained
+    state = checkpoint_state(root / 'a/iter_1.pth')
+    for name in ('backbone.layer1.0.bn2', 'backbone.layer4.1.bn2'):  # zero_init_residual
+        weight = state[f'{name}.switchable_weight']
+        assert torch.equal(weight[1], torch.zeros_like(weight[1])), name
+    first = state['backbone.layer1.0.bn1.switchable_weight']
+    assert torch.equal(first[1], torch.ones_like(first[1]))
+    assert 'every switchable-BN slot of' in log
 
 
 def test_resume_continues_exactly(trained):
@@ -193,7 +237,7 @@ def test_resume_continues_exactly(trained):
         line = next(x for x in log.splitlines() if f'iteration {t} trained' in x)
         assert line.split(' - ')[-1] in resumed
     for t in range(4, ITERS + 1):
-        a, b = _state(root / f'a/iter_{t}.pth'), _state(work / f'iter_{t}.pth')
+        a, b = checkpoint_state(root / f'a/iter_{t}.pth'), checkpoint_state(work / f'iter_{t}.pth')
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f'state at {t}'
 
@@ -209,18 +253,13 @@ def test_two_gloo_processes_agree_on_subnets_masks_and_weights(tmp_path, tiny_da
         train_cfg = dict(max_iters=4, val_interval=1000)
         default_hooks = dict(checkpoint=dict(interval=4))
     '''))
-    work = tmp_path / 'work'
-    result = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
-                      env={'PORT': '29651'})
-    assert_ok(result)
-    assert 'iteration 3: unstructured@0.80 pruned and regrew' in result.stdout + result.stderr
-    r0, r1 = (torch.load(work / f'trace_rank{r}.pth', weights_only=True) for r in (0, 1))
+    log, (r0, r1), (p0, p1) = train_two_ranks(cfg, tmp_path / 'work', 29651)
+    assert 'iteration 3: unstructured@0.80 pruned and regrew' in log
     assert r0['trace'] == r1['trace'] and [n for _, n in r0['trace']] == [
         'unstructured@0.50', 'unstructured@0.80'] * 2
-    assert r0['masks'] and all(torch.equal(r0['masks'][k], r1['masks'][k]) for k in r0['masks'])
-    p0, p1 = (torch.load(work / f'rank{r}_params.pth', weights_only=True) for r in (0, 1))
+    assert_same_tensors(r0['masks'], r1['masks'])
     assert p0['wrapper'] == 'MMDistributedDataParallel'
-    assert all(torch.equal(p0['params'][k], p1['params'][k]) for k in p0['params'])
+    assert_same_tensors(p0['params'], p1['params'])
 
 
 def test_coco_nm_config_inherits_mmdet_and_builds():

@@ -11,7 +11,7 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (registers the hooks, allow-lists checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import REPO, TINY_CONFIG, assert_ok, assert_same_tensors, run_tool, train_two_ranks
 from mmsparse.core import is_mask_key
 from mmsparse.core.chase import ChaseSchedule, channel_keeps, weight_masks
 from mmsparse.models import detector_loss_run, sparsify_detector
@@ -173,22 +173,13 @@ def test_two_gloo_processes_agree_on_masks_and_weights(tmp_path, tiny_data):
                         dict(type='RankWeightDumpHook')]
         default_hooks = dict(checkpoint=dict(interval=1000))
     '''))
-    work = tmp_path / 'work'
-    result = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
-                      env={'PORT': '29651'})
-    assert_ok(result)
-    log = result.stdout + result.stderr
+    log, traces, params = train_two_ranks(cfg, tmp_path / 'work', 29651)
     assert 'Chase update at iteration 2:' in log and 'Chase update at iteration 4:' in log
-    traces = [torch.load(work / f'trace_rank{r}.pth', weights_only=True) for r in (0, 1)]
-    params = [torch.load(work / f'rank{r}_params.pth', weights_only=True) for r in (0, 1)]
     # Iterations ending in an update run dense to record the (all-reduced) dense gradients.
     expected = [[t, 'dense' if SCHEDULE.is_update(t + 1) else 'unstructured@0.50']
                 for t in range(ITERS)]
     assert traces[0]['trace'] == traces[1]['trace'] == expected
     assert [name for _, name in expected].count('dense') == 2
-    masks = [t['masks'] for t in traces]
-    assert masks[0].keys() == masks[1].keys() and masks[0]
-    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert_same_tensors(traces[0]['masks'], traces[1]['masks'])
     assert params[0]['wrapper'] == params[1]['wrapper'] == 'MMDistributedDataParallel'
-    assert all(torch.equal(params[0]['params'][k], params[1]['params'][k])
-               for k in params[0]['params'])
+    assert_same_tensors(params[0]['params'], params[1]['params'])

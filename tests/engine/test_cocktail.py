@@ -10,7 +10,8 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, checkpoint_state,
+                      run_tool, train_two_ranks)
 from mmsparse.core import cocktail_subnets, generate_masks, is_mask_key
 from mmsparse.core.schedules import stage_at
 from mmsparse.models import sparsify_detector
@@ -27,11 +28,6 @@ def _config(tmp_path, extra=''):
         log_processor = dict(window_size=2)
     ''') + extra)
     return cfg
-
-
-def _masks(path, masks=True):
-    state = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
-    return {k: v for k, v in state.items() if is_mask_key(k) == masks}
 
 
 @pytest.fixture(scope='module')
@@ -58,12 +54,13 @@ def test_stage_boundaries_regenerate_masks_from_current_weights(uninterrupted):
     assert len(boundaries) >= 3
     for t in range(1, ITERS):
         # iter_t.pth holds the state after t iterations: what iteration t starts from.
-        before, after = _masks(root / f'a/iter_{t}.pth'), _masks(root / f'a/iter_{t + 1}.pth')
+        before, after = (checkpoint_state(root / f'a/iter_{t}.pth', masks=True),
+                         checkpoint_state(root / f'a/iter_{t + 1}.pth', masks=True))
         if t not in boundaries:
             assert all(torch.equal(before[k], after[k]) for k in before), t
             continue
         model = MODELS.build(model_cfg)
-        model.load_state_dict(_masks(root / f'a/iter_{t}.pth', masks=False), strict=False)
+        model.load_state_dict(checkpoint_state(root / f'a/iter_{t}.pth', masks=False), strict=False)
         network = sparsify_detector(model)
         generate_masks(network, cocktail_subnets())
         expected = {k: v for k, v in model.state_dict().items() if is_mask_key(k)}
@@ -92,9 +89,11 @@ def test_resume_continues_exactly(uninterrupted):
                                                             .split(':')[0]) >= 5]
     assert boundaries_after and all(b in resumed_log for b in boundaries_after)
     for t in range(6, ITERS + 1):
-        a, b = _masks(root / f'a/iter_{t}.pth'), _masks(work / f'iter_{t}.pth')
+        a, b = (checkpoint_state(root / f'a/iter_{t}.pth', masks=True),
+                checkpoint_state(work / f'iter_{t}.pth', masks=True))
         assert all(torch.equal(a[k], b[k]) for k in a), f'masks at {t}'
-        a, b = _masks(root / f'a/iter_{t}.pth', False), _masks(work / f'iter_{t}.pth', False)
+        a, b = (checkpoint_state(root / f'a/iter_{t}.pth', False),
+                checkpoint_state(work / f'iter_{t}.pth', False))
         assert all(torch.equal(a[k], b[k]) for k in a), f'weights at {t}'
 
 
@@ -104,16 +103,10 @@ def test_two_gloo_processes_agree_on_masks_and_subnets(tmp_path, tiny_data):
         custom_hooks = [*_base_.custom_hooks, dict(type='SubnetTraceHook')]
         train_cfg = dict(max_iters=6, val_interval=1000)
     '''))
-    work = tmp_path / 'work'
-    result = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
-                      env={'PORT': '29647'})
-    assert_ok(result)
-    r0 = torch.load(work / 'trace_rank0.pth', weights_only=True)
-    r1 = torch.load(work / 'trace_rank1.pth', weights_only=True)
+    _, (r0, r1), _ = train_two_ranks(cfg, tmp_path / 'work', 29647)
     assert r0['trace'] == r1['trace'] and len(r0['trace']) == 6
     assert [name for _, name in r0['trace']][::2] == ['dense'] * 3
-    assert r0['masks'].keys() == r1['masks'].keys() and r0['masks']
-    assert all(torch.equal(r0['masks'][k], r1['masks'][k]) for k in r0['masks'])
+    assert_same_tensors(r0['masks'], r1['masks'])
 
 
 @pytest.mark.parametrize('name', ['faster-rcnn_r50_fpn_cocktail_1x_coco.py',

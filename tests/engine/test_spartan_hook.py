@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import REPO, TINY_CONFIG, assert_ok, assert_same_tensors, run_tool, train_two_ranks
 from mmsparse.core import is_mask_key
 from mmsparse.core.patterns import keep_count
 from mmsparse.core.spartan import SpartanSchedule
@@ -97,15 +97,9 @@ def test_two_gloo_processes_compute_identical_masks_and_weights(tmp_path, tiny_d
         train_cfg = dict(max_iters=5, val_interval=1000)
         default_hooks = dict(checkpoint=dict(interval=1000))
     '''))
-    work = tmp_path / 'work'
-    result = run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work],
-                      env={'PORT': '29651'})
-    assert_ok(result)
-    r0, r1 = (torch.load(work / f'trace_rank{r}.pth', weights_only=True) for r in (0, 1))
+    _, (r0, r1), (p0, p1) = train_two_ranks(cfg, tmp_path / 'work', 29651)
     masks = [k for k in r0['masks'] if k.endswith('mask_unstructured_level')]
     assert masks and all(torch.equal(r0['masks'][k], r1['masks'][k]) for k in masks)
-    p0, p1 = (torch.load(work / f'rank{r}_params.pth', weights_only=True)['params']
-              for r in (0, 1))
-    assert all(torch.equal(p0[k], p1[k]) for k in p0)
+    assert_same_tensors(p0['params'], p1['params'])
     total = sum(r0['masks'][k].numel() for k in masks)
     assert sum(int((r0['masks'][k] >= 1).sum()) for k in masks) == keep_count(total, 0.8)

@@ -15,6 +15,7 @@ from .sparse_cocktail_hook import broadcast_masks
 from .sparse_subnets_hook import SparseSubnetsHook, unwrap
 
 AST_PATTERNS = ('unstructured', 'nm', 'dense')
+CORRECTION_SCOPES = ('masked', 'shared', 'all')
 CHECKPOINT_KEY = 'mmsparse_ast'
 
 
@@ -55,6 +56,12 @@ class SparseASTHook(Hook):
         regrow_initial, regrow_final: the cosine-decaying regrow fraction.
         scope: ``'global'`` (one magnitude threshold over all layers while pruning) or
             ``'layer'``. Prune-and-regrow keeps each layer's count.
+        correction_scope: which parameters the optimizer wrapper's gradient correction
+            projects: ``'masked'`` (default: the masked weight tensors, those holding the
+            subnets, as the specification's "per weight tensor" of the masked gradient),
+            ``'shared'`` (every parameter but the switchable BatchNorm ones) or ``'all'``
+            (every parameter; with switchable BN this projects one subnet's BN gradient
+            against another subnet's BN gradient, which is meaningless).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) attached the layers
@@ -62,7 +69,10 @@ class SparseASTHook(Hook):
     def __init__(self, subnets=None, switchable_bn=True, swap_bn_optimizer_state=True,
                  bn_exclude=(), update_interval=100, prune_start=0.0, prune_end=0.5,
                  prune_power=3, regrow_end=0.8, regrow_initial=0.5, regrow_final=0.005,
-                 scope='global'):
+                 scope='global', correction_scope='masked'):
+        if correction_scope not in CORRECTION_SCOPES:
+            raise ValueError(f'correction_scope must be one of {CORRECTION_SCOPES}, got '
+                             f'{correction_scope!r}')
         if not 0.0 <= prune_start <= prune_end <= regrow_end <= 1.0:
             raise ValueError('need 0 <= prune_start <= prune_end <= regrow_end <= 1, got '
                              f'{prune_start}, {prune_end}, {regrow_end}')
@@ -76,6 +86,7 @@ class SparseASTHook(Hook):
         self.prune = dict(start=prune_start, end=prune_end, power=prune_power)
         self.regrow = dict(end=regrow_end, initial=regrow_initial, final=regrow_final)
         self.scope = scope
+        self.correction_scope = correction_scope
         self.switch = None
         self.optim_slots = None
         self.current = DENSE
@@ -153,12 +164,29 @@ class SparseASTHook(Hook):
         if corrector is None:
             runner.logger.info('mmsparse: AST without gradient correction (use '
                                'mmsparse.SparseOptimWrapper with gradient_correction)')
+        if self.switch is not None and not self.switch.loaded:
+            # mmengine runs before_run (where the slots were made) before it initialises the
+            # weights: give every slot the initialised BN, not PyTorch's defaults.
+            filled = self.switch.fill_from_live()
+            runner.logger.info(f'mmsparse: every switchable-BN slot of {filled} layers set to '
+                               'the initialised BatchNorm')
+        if corrector is not None:
+            corrector.restrict(self._corrected_params(runner, network))
         if self.switch is not None and self.swap_bn_optimizer_state:
             self.optim_slots = OptimizerStateSlots(runner.optim_wrapper.optimizer,
                                                    self.switch.parameters())
         self._restore(runner)
         self.max_iters = runner.max_iters
         self.prune_end_iter = math.ceil(self.prune['end'] * self.max_iters - 1e-9)
+
+    def _corrected_params(self, runner, network):
+        """The parameters gradient correction applies to (None: all), by ``correction_scope``."""
+        if self.correction_scope == 'masked':
+            return [layer.dense_weight for layer in network.layers.values()]
+        if self.correction_scope == 'shared' and self.switch is not None:
+            switched = {id(p) for p in self.switch.parameters()}
+            return [p for p in unwrap(runner.model).parameters() if id(p) not in switched]
+        return None
 
     # -- per iteration ---------------------------------------------------------------------
     def subnet_at(self, iteration):

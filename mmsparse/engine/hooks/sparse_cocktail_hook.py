@@ -2,11 +2,12 @@
 from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
 
-from mmsparse.core import DENSE, generate_masks
+from mmsparse.core import DENSE
 from mmsparse.core.schedules import RATIO_MODES, cocktail_step, stage_at
 from mmsparse.models import attached_network
 from mmsparse.models.distill import DenseDistiller
 from mmsparse.registry import HOOKS
+from .mask_sources import CocktailMaskSources
 from .sparse_subnets_hook import unwrap
 
 
@@ -31,8 +32,9 @@ class SparseCocktailHook(Hook):
     sparse subnet, cycling through the patterns (D, U, D, C, D, NM, ...). Ratios unlock in
     ``num_stages`` stages on a polynomial schedule inside the one training schedule, and at
     every stage boundary all masks are regenerated from the current weights by unified
-    mask generation. Everything is a function of the iteration counter, so all ranks agree
-    and ``--resume`` continues exactly.
+    mask generation (or, per pattern, by Chase or Spartan: ``mask_sources``). Everything
+    is a function of the iteration counter, so all ranks agree and ``--resume`` continues
+    exactly.
 
     Args:
         patterns: Sparse patterns in cycle order; default: those the model holds, in the
@@ -56,6 +58,11 @@ class SparseCocktailHook(Hook):
             (``tools/analysis_tools/interpolate_stages.py``).
         fixed_stage: Train the whole run in this stage (no boundaries, no regeneration):
             one stage of the paper's multi-stage recipe (``tools/cocktail_multistage.py``).
+        mask_sources: Which method makes each pattern's masks, e.g.
+            ``dict(channel='chase', unstructured='spartan')`` or with options
+            ``dict(channel=dict(type='chase', beta=0.3))``; unnamed patterns (and None, the
+            default) use UMG. See :mod:`mmsparse.engine.hooks.mask_sources` and
+            ``docs/mask_sources.md``.
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
@@ -63,7 +70,7 @@ class SparseCocktailHook(Hook):
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
                  stage_power=3, ratio_mode='current', regenerate_masks=True, seed=0,
                  dense_pivot=True, distill=None, save_stage_checkpoints=False,
-                 fixed_stage=None):
+                 fixed_stage=None, mask_sources=None):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
         self.patterns = None if patterns is None else tuple(patterns)
@@ -77,6 +84,7 @@ class SparseCocktailHook(Hook):
         self.distiller = None
         self.save_stage_checkpoints = save_stage_checkpoints
         self.fixed_stage = fixed_stage
+        self.sources = CocktailMaskSources(mask_sources)
         self.current = DENSE
 
     def _network(self, runner):
@@ -107,6 +115,12 @@ class SparseCocktailHook(Hook):
         # The stage of the last completed iteration: a resumed run regenerates at the next
         # boundary exactly where an uninterrupted run would.
         self.stage = self.stage_at(max(runner.iter - 1, 0))
+        if not self.sources.default:
+            self.sources.setup(runner, network, set(by_pattern), self.schedule['end'])
+            if runner.iter == 0:  # a fresh run: its first masks from the chosen sources too
+                self.sources.apply(network)
+                broadcast_masks(network)
+            runner.logger.info(f'mmsparse: mask sources: {self.sources.describe()}')
 
     def stage_at(self, iteration):
         if self.fixed_stage is not None:
@@ -127,7 +141,7 @@ class SparseCocktailHook(Hook):
         if stage != self.stage:
             self._save_stage(runner)
             if self.regenerate_masks:
-                generate_masks(network, network.subnets())
+                self.sources.regenerate(network)
                 broadcast_masks(network)
             runner.logger.info(f'mmsparse: iteration {runner.iter}: stage {stage}/'
                                f'{self.stages}' + (', masks regenerated'
@@ -135,10 +149,12 @@ class SparseCocktailHook(Hook):
             self.stage = stage
         self.current = self.step_at(runner.iter)
         network.set_active(self.current)
+        self.sources.before_step(runner, network, self.current)
         if self.distiller is not None:
             self.distiller.step(self.current)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.sources.after_step(self._network(runner))
         hub = runner.message_hub
         hub.update_scalar('train/stage', self.stage)
         if outputs is not None and 'loss' in outputs:
@@ -158,5 +174,6 @@ class SparseCocktailHook(Hook):
                                    by_epoch=False)
 
     def after_train(self, runner):
+        self.sources.after_step(self._network(runner))
         self._save_stage(runner)
         self._network(runner).set_active(DENSE)

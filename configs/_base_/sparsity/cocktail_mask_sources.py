@@ -1,0 +1,11 @@
+# Sparse Cocktail with per-pattern mask sources: the channel masks chosen by Chase (UMM
+# scores, one global ranking over the removable channels, floor ceil(beta (1 - r) C)) and
+# the unstructured subnets trained with Spartan's dual-averaging forward (soft top-k mask,
+# hard projection, straight-through gradient). N:M (and block) masks stay UMG's.
+# Add after configs/_base_/sparsity/cocktail.py in a config's _base_ list, or copy the
+# SparseCocktailHook entry. docs/mask_sources.md explains the choices.
+cocktail_mask_sources = dict(
+    channel=dict(type='chase', beta=0.3),  # beta as in the dedicated Chase shapes run
+    unstructured=dict(type='spartan', beta_start=1.0, beta_end=20.0,
+                      freeze_at=None,       # None: the cocktail's stage_end (0.8)
+                      through_mask=True))
