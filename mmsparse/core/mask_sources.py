@@ -28,7 +28,7 @@ from .chase import channel_floor, select_channels, umm_scores, weight_masks
 from .patterns import SparsitySpecError, global_levels, keep_count, level_mask
 from .spartan import dual_averaging_weight
 from .subnets import SubnetSpec
-from .umg import _rank_match
+from .umg import rank_match
 
 # source name -> the patterns it can produce masks for
 MASK_SOURCES = {
@@ -110,7 +110,7 @@ def chase_channel_keeps(network, channel_ratios, beta=0.5):
     total = sum(k.numel() for k in keeps.values())
     rows = {n: [] for n in names}
     for i, ratio in enumerate(ratios):
-        rank = _rank_match(i, len(ratios), len(u_ratios))
+        rank = rank_match(i, len(ratios), len(u_ratios))
         spec = SubnetSpec('unstructured', u_ratios[rank]) if rank is not None else None
         masks = weight_masks(network, spec) if spec is not None else {
             n: torch.ones_like(network.layers[n].dense_weight, dtype=torch.bool)

@@ -52,7 +52,7 @@ def _ratios(specs, pattern):
     return sorted(s.ratio for s in specs if s.pattern == pattern)
 
 
-def _rank_match(index, count, other_count):
+def rank_match(index, count, other_count):
     """Index into another sorted list of ``other_count`` ratios at the same relative rank."""
     if other_count == 0:
         return None
@@ -128,5 +128,5 @@ def _channel_scores(score, layer, method, u_ratios, u_level, nm, count):
     by_level = torch.zeros(cout, len(u_ratios) + 1, device=per_channel.device).scatter_add_(
         1, level, per_channel)
     at_least = by_level.flip(1).cumsum(1).flip(1)  # column j: sum of |w| with level >= j
-    return [UNSTRUCTURED_WEIGHT * at_least[:, _rank_match(i, count, len(u_ratios)) + 1] + nm_term
+    return [UNSTRUCTURED_WEIGHT * at_least[:, rank_match(i, count, len(u_ratios)) + 1] + nm_term
             for i in range(count)]

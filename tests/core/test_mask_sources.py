@@ -76,7 +76,7 @@ def test_chase_removes_the_globally_lowest_umm_of_the_matching_unstructured_mask
     network, _ = _network()
     ratios = [0.25]
     keeps = chase_channel_keeps(network, ratios, beta=0.0)  # floors of 1 never bind here
-    # one channel ratio: matching rank is the middle unstructured ratio (as UMG's _rank_match)
+    # one channel ratio: matching rank is the middle unstructured ratio (as UMG's rank_match)
     u_spec = SubnetSpec('unstructured', U_RATIOS[1])
     scores = torch.cat([channel_scores_umm(network.layers[n].dense_weight.detach(),
                                            network.layers[n].mask_for(u_spec).float())
