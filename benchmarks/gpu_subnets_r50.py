@@ -46,19 +46,9 @@ from core_mask_rcnn_r50 import build_model  # benchmarks/ (scripts run from ther
 from report import report_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools/analysis_tools'))
-from benchmark_subnets import exported_counts, summarize, time_runs  # noqa: E402
+from benchmark_subnets import exported_counts, predictor, summarize, time_runs  # noqa: E402
 
 SUBNETS = ('dense', 'channel@0.30', 'channel@0.50', 'nm@2:4')
-
-
-def predictor(model, batch, fp16):
-    data = model.data_preprocessor(batch, False)
-    inputs, samples = data['inputs'].cuda(), data['data_samples']
-
-    def run():
-        with torch.autocast('cuda', dtype=torch.float16, enabled=fp16):
-            return model.predict(inputs, samples)
-    return run
 
 
 def semi_structured_copy(model, layer_names):
@@ -133,9 +123,9 @@ def main():
         for fp16 in (False, True):
             precision = 'fp16' if fp16 else 'fp32'
             for name, m in exported.items():
-                fns[(name, precision)] = predictor(m, batch, fp16)
+                fns[(name, precision)] = predictor(m, batch, 'cuda', fp16)
             if fp16:
-                fns[('nm@2:4-semi', precision)] = predictor(semi, batch, True)
+                fns[('nm@2:4-semi', precision)] = predictor(semi, batch, 'cuda', True)
         with torch.inference_mode():
             for key, fn in fns.items():
                 figures[f'b{batch_size}_{key[0]}_{key[1]}_detections'] = sum(

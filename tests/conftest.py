@@ -1,4 +1,5 @@
 """Shared fixtures: the repository paths and the tests' tiny shapes dataset."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -75,3 +76,13 @@ def checkpoint_state(path, masks=None):
     if masks is None:
         return state
     return {k: v for k, v in state.items() if is_mask_key(k) == masks}
+
+
+def load_tool(path):
+    """A script under tools/ (e.g. ``'tools/select_subnet.py'``) imported as a module, so
+    tests can call its functions and ``main``."""
+    path = REPO / path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

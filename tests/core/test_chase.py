@@ -153,16 +153,23 @@ def test_erk_init_then_updates_reach_both_targets_within_floors():
                                                    'channel@0.30'}
 
 
-def test_apply_masks_zeroes_weights_momentum_and_removed_channel_outputs():
+def _trained_with_masks(lr, steps):
+    """The tiny network after every Chase update and ``steps`` masked SGD steps (momentum
+    0.9) of its unstructured subnet: (network, input, schedule, optimizer)."""
     network, x = _network()
     schedule = _schedule()
     init_chase_masks(network, schedule)
     _run_updates(network, schedule)
     network.set_active(schedule.unstructured)
-    optimizer = torch.optim.SGD(network.model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(2):
+    optimizer = torch.optim.SGD(network.model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
         _train_step(network, x, optimizer)
         apply_chase_masks(network, schedule, optimizer)
+    return network, x, schedule, optimizer
+
+
+def test_apply_masks_zeroes_weights_momentum_and_removed_channel_outputs():
+    network, x, schedule, optimizer = _trained_with_masks(lr=0.1, steps=2)
     keeps = channel_keeps(network, schedule.channel)
     for name, layer in network.layers.items():
         mask = layer.mask_for(schedule.unstructured)
@@ -213,15 +220,8 @@ def test_recorder_gives_dense_gradients_and_masked_updates():
 
 
 def test_slimmed_model_matches_the_masked_one_and_is_smaller():
-    network, x = _network()
-    schedule = _schedule()
-    init_chase_masks(network, schedule)
-    _run_updates(network, schedule)
-    network.set_active(schedule.unstructured)
-    optimizer = torch.optim.SGD(network.model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(3):  # running statistics and affines move away from their defaults
-        _train_step(network, x, optimizer)
-        apply_chase_masks(network, schedule, optimizer)
+    # a few steps move the running statistics and affines away from their defaults
+    network, x, schedule, _ = _trained_with_masks(lr=0.05, steps=3)
     network.model.eval()
     with torch.no_grad():
         expected = network.model(x)

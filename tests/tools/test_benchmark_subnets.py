@@ -1,6 +1,5 @@
 """tools/analysis_tools/benchmark_subnets.py on the tiny Mask R-CNN: counts and latency of each
 subnet's exported model, the JSON that select_subnet reads, and clear errors."""
-import importlib.util
 import json
 
 import pytest
@@ -9,7 +8,7 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import TINY_CONFIG, assert_ok, load_tool, run_tool
 from mmsparse.core import generate_masks
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.evaluation.selection import select_subnet
@@ -36,11 +35,7 @@ def checkpoints(tmp_path_factory):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_subnets', REPO / 'tools/analysis_tools/benchmark_subnets.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/analysis_tools/benchmark_subnets.py')
 
 
 @pytest.fixture(scope='module')

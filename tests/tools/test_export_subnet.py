@@ -1,13 +1,12 @@
 """tools/export_subnet.py: exported subnets load and evaluate in a process that never imports
 mmsparse, with the COCO metrics tools/test.py reports for the subnet inside the checkpoint."""
-import importlib.util
 import json
 import textwrap
 
 import pytest
 import torch
 
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import REPO, TINY_CONFIG, assert_ok, load_tool, run_tool
 
 SUBNETS = 'unstructured@0.3,nm@2:4,channel@0.25'
 NAMES = ['unstructured@0.30', 'nm@2:4', 'channel@0.25']
@@ -209,11 +208,7 @@ def test_unknown_subnet_and_maskless_checkpoint(sparse_checkpoint):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('export_subnet',
-                                                  REPO / 'tools/export_subnet.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool('tools/export_subnet.py')
 
 
 def test_plain_config_of_a_cocktail_config():

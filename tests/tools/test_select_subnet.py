@@ -1,11 +1,10 @@
 """tools/select_subnet.py and mmsparse.evaluation.selection: the most accurate subnet that
 fits each kind of budget, ties, and clear errors when nothing fits or inputs are wrong."""
-import importlib.util
 import json
 
 import pytest
 
-from conftest import REPO, run_tool
+from conftest import load_tool, run_tool
 from mmsparse.evaluation.selection import (SelectionError, explain, latency_table,
                                            parse_quantity, select_subnet)
 
@@ -149,11 +148,7 @@ def test_explain_says_why():
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('select_subnet',
-                                                  REPO / 'tools/select_subnet.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/select_subnet.py')
 
 
 def test_tool_prints_and_writes_json(tmp_path, capsys):

@@ -166,12 +166,19 @@ def exported_counts(model, positions):
     return sum(p.numel() for p in model.parameters()), flops
 
 
-def predictor(model, batch, device):
-    """A no-argument callable running inference on the batch (preprocessed once, here)."""
+def predictor(model, batch, device, fp16=False):
+    """A no-argument callable running inference on the batch (preprocessed once, here);
+    ``fp16``: under fp16 autocast, as mmengine's ``TestLoop(fp16=True)`` runs it."""
     data = model.data_preprocessor(batch, False)
     inputs = data['inputs'].to(device)
     samples = data['data_samples']
-    return lambda: model.predict(inputs, samples)
+    if not fp16:
+        return lambda: model.predict(inputs, samples)
+
+    def run():
+        with torch.autocast(torch.device(device).type, dtype=torch.float16):
+            return model.predict(inputs, samples)
+    return run
 
 
 def benchmark(model, network, specs, batch, device='cpu', warmup=3, repeat=10,

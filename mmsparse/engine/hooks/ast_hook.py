@@ -9,10 +9,8 @@ from mmsparse.core import DENSE, parse_subnets
 from mmsparse.core.ast import (ast_subnet_index, gradual_sparsity, nm_magnitude, regrow_fraction,
                                regrow_level, regrow_nm, scheduled_levels, update_due)
 from mmsparse.core.switchable_bn import OptimizerStateSlots, SwitchableBatchNorm
-from mmsparse.models import attached_network
 from mmsparse.registry import HOOKS
-from .sparse_cocktail_hook import broadcast_masks
-from .sparse_subnets_hook import SparseSubnetsHook, unwrap
+from .sparse_subnets_hook import SparseSubnetsHook, broadcast_masks, required_network, unwrap
 
 AST_PATTERNS = ('unstructured', 'nm', 'dense')
 CORRECTION_SCOPES = ('masked', 'shared', 'all')
@@ -104,11 +102,7 @@ class SparseASTHook(Hook):
         return specs
 
     def _network(self, runner):
-        network = attached_network(unwrap(runner.model))
-        if network is None:
-            raise RuntimeError('SparseASTHook needs SparseSubnetsHook in custom_hooks (it '
-                               'attaches the masked layers)')
-        return network
+        return required_network(runner, 'SparseASTHook')
 
     # -- set-up ---------------------------------------------------------------------------
     def before_run(self, runner):

@@ -4,10 +4,8 @@ from mmengine.hooks import Hook
 
 from mmsparse.core.chase import (ChaseSchedule, DenseGradientRecorder, apply_chase_masks,
                                  chase_update, init_chase_masks)
-from mmsparse.models import attached_network
 from mmsparse.registry import HOOKS
-from .sparse_cocktail_hook import broadcast_masks
-from .sparse_subnets_hook import masked_layer_names, unwrap
+from .sparse_subnets_hook import broadcast_masks, masked_layer_names, required_network
 
 
 @HOOKS.register_module()
@@ -45,11 +43,7 @@ class ChaseHook(Hook):
         self.recorder = None
 
     def _network(self, runner):
-        network = attached_network(unwrap(runner.model))
-        if network is None:
-            raise RuntimeError('ChaseHook needs SparseSubnetsHook in custom_hooks (it '
-                               'attaches the masked layers)')
-        return network
+        return required_network(runner, 'ChaseHook')
 
     def after_load_checkpoint(self, runner, checkpoint):
         # A checkpoint with masks (a Chase run, resumed or fine-tuned) keeps them; a dense

@@ -7,6 +7,7 @@ from mmsparse.core.mask_sources import (check_mask_sources, chase_channel_masks,
                                         clear_transforms, spartan_unstructured_step)
 from mmsparse.core.patterns import SparsitySpecError
 from mmsparse.core.spartan import SpartanMasker, SpartanSchedule
+from .sparse_subnets_hook import broadcast_masks
 
 # Options each source accepts (besides ``type``), with their defaults.
 SOURCE_OPTIONS = {
@@ -115,7 +116,6 @@ class CocktailMaskSources:
         hub = runner.message_hub
         if self.schedule.frozen(it):
             if it == self.schedule.freeze_iter:  # once (a resumed run past it needs nothing)
-                from .sparse_cocktail_hook import broadcast_masks  # (that module imports this)
                 broadcast_masks(network)
                 runner.logger.info(f'mmsparse: iteration {it}: Spartan unstructured masks '
                                    'frozen')

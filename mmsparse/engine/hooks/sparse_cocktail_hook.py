@@ -1,26 +1,12 @@
 """Sparse Cocktail co-training inside MMDetection's own training loop."""
-from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE
 from mmsparse.core.schedules import RATIO_MODES, cocktail_step, stage_at
-from mmsparse.models import attached_network
 from mmsparse.models.distill import DenseDistiller
 from mmsparse.registry import HOOKS
 from .mask_sources import CocktailMaskSources
-from .sparse_subnets_hook import unwrap
-
-
-def broadcast_masks(network):
-    """Make every rank's masks rank 0's (they already agree when computed from DDP's
-    synchronised weights; this makes it explicit and robust to numeric drift)."""
-    if not is_distributed():
-        return
-    for layer in network.layers.values():
-        for name, buffer in layer.named_buffers(recurse=False):
-            if name.startswith('mask_'):
-                broadcast(buffer, 0)
-        layer._mask_version += 1
+from .sparse_subnets_hook import broadcast_masks, required_network, unwrap
 
 
 @HOOKS.register_module()
@@ -88,11 +74,7 @@ class SparseCocktailHook(Hook):
         self.current = DENSE
 
     def _network(self, runner):
-        network = attached_network(unwrap(runner.model))
-        if network is None:
-            raise RuntimeError('SparseCocktailHook needs SparseSubnetsHook in custom_hooks '
-                               '(it attaches the masked layers and the subnets)')
-        return network
+        return required_network(runner, 'SparseCocktailHook', 'the masked layers and the subnets')
 
     def before_train(self, runner):
         network = self._network(runner)

@@ -1,5 +1,6 @@
 """Attach mmsparse's masked layers to the Runner's model (train and test)."""
 import torch
+from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -13,6 +14,28 @@ SUBNET_SETS = {'cocktail': cocktail_subnets}
 
 def unwrap(model):
     return model.module if is_model_wrapper(model) else model
+
+
+def required_network(runner, hook, needs='the masked layers'):
+    """The SparseNetwork that SparseSubnetsHook attached to the runner's model; fails naming
+    ``hook`` (the hook that needs it) when the config lacks SparseSubnetsHook."""
+    network = attached_network(unwrap(runner.model))
+    if network is None:
+        raise RuntimeError(f'{hook} needs SparseSubnetsHook in custom_hooks (it attaches '
+                           f'{needs})')
+    return network
+
+
+def broadcast_masks(network):
+    """Make every rank's masks rank 0's (they already agree when computed from DDP's
+    synchronised weights; this makes it explicit and robust to numeric drift)."""
+    if not is_distributed():
+        return
+    for layer in network.layers.values():
+        for name, buffer in layer.named_buffers(recurse=False):
+            if name.startswith('mask_'):
+                broadcast(buffer, 0)
+        layer._mask_version += 1
 
 
 def masked_layer_names(state_dict):

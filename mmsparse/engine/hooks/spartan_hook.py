@@ -6,10 +6,9 @@ from mmsparse.core import DENSE
 from mmsparse.core.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule, default_beta_end,
                                    dual_averaging_weight, flops_costs)
 from mmsparse.core.subnets import SubnetSpec
-from mmsparse.models import attached_network, detector_loss_run
+from mmsparse.models import detector_loss_run
 from mmsparse.registry import HOOKS
-from .sparse_cocktail_hook import broadcast_masks
-from .sparse_subnets_hook import unwrap
+from .sparse_subnets_hook import broadcast_masks, required_network, unwrap
 
 COST_MODELS = ('params', 'flops')
 
@@ -86,11 +85,7 @@ class SpartanHook(Hook):
         self.target = SubnetSpec(pattern, round(self.sparsity, 6))
 
     def _network(self, runner):
-        network = attached_network(unwrap(runner.model))
-        if network is None:
-            raise RuntimeError('SpartanHook needs SparseSubnetsHook in custom_hooks (it '
-                               'attaches the masked layers)')
-        return network
+        return required_network(runner, 'SpartanHook')
 
     def before_train(self, runner):
         network = self._network(runner)
