@@ -21,10 +21,16 @@ so each of the 1000 proposals scores about 0.65 for it: MMDetection's own post-p
 100 RoIs as for a busy real image. (Setting ``score_thr=0`` instead would push all 80,000
 class boxes through NMS, a cost no trained model pays.)
 
+``--channel-groups`` builds the subnets with ``SparseSubnetsHook(channel_groups=True)``'s
+analysis: the residual streams and the FPN's channels are removable too (kept equal across
+each group), so RoIAlign, the RPN conv's and the RoI heads' inputs shrink with them.
+
 Usage (from the repository root)::
 
     python benchmarks/channel_slimming_r50.py --size 512 --repeat 10 \\
         --out benchmarks/results/channel_slimming_r50.json
+    python benchmarks/channel_slimming_r50.py --size 512 --repeat 10 --channel-groups \\
+        --out benchmarks/results/channel_slimming_r50_groups.json
 """
 import argparse
 import json
@@ -78,6 +84,9 @@ def main():
     parser.add_argument('--repeat', type=int, default=10, help='timed runs per model and part')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs per model and part')
     parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument('--channel-groups', action='store_true',
+                        help='also remove channels shared by several layers (residual '
+                        'streams, FPN outputs)')
     parser.add_argument('--out', help='write the figures as JSON')
     args = parser.parse_args()
     if args.threads:
@@ -90,7 +99,7 @@ def main():
     with torch.no_grad():  # confident detections, see the module docstring
         model.roi_head.bbox_head.fc_cls.bias[0] = 5.0
     with torch.enable_grad():
-        network = sparsify_detector(model)
+        network = sparsify_detector(model, channel_groups=args.channel_groups)
     generate_masks(network, [DENSE, *SUBNETS])
     model.eval()
     packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, args.size, args.size)],
@@ -138,7 +147,8 @@ def main():
             figures[f'{tag}_{part}_ideal_speedup'] = ideal
             figures[f'{tag}_{part}_measured_speedup'] = measured
             figures[f'{tag}_{part}_efficiency'] = measured / ideal
-    figures = dict(image=args.size, threads=torch.get_num_threads(), repeat=args.repeat,
+    figures = dict(image=args.size, channel_groups=args.channel_groups,
+                   threads=torch.get_num_threads(), repeat=args.repeat,
                    warmup=args.warmup, load_avg_before=list(load_before),
                    load_avg_after=list(os.getloadavg()), **dict(sorted(figures.items())))
     report_figures(figures)

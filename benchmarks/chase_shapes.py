@@ -35,8 +35,8 @@ import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from mmsparse.core import slim_subnet
 from mmsparse.core.batchnorm import recalibrated_bn
 from mmsparse.core.stats import record_positions
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_masked_layers
-from mmsparse.models import detector_predict_run, sparsify_detector
+from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
+from mmsparse.models import detector_predict_run
 
 
 def parse_args():
@@ -58,11 +58,7 @@ def parse_args():
 def load_detector(cfg, checkpoint):
     """The detector with the checkpoint's weights and, when it holds masks, its network."""
     model = MODELS.build(cfg.model)
-    names = checkpoint_masked_layers(checkpoint)
-    network = None
-    if names:
-        network = sparsify_detector(model, names, (), sparsify_input_layers=True,
-                                    sparsify_output_layers=True)
+    network = checkpoint_network(model, checkpoint)
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
     missing, _ = model.load_state_dict(state, strict=False)
     if missing:

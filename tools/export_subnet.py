@@ -36,8 +36,8 @@ from mmsparse.core.export import (ExportError, measured_sparsity, plain_value,
                                   semi_structured_needs_half, semi_structured_support,
                                   to_semi_structured)
 from mmsparse.core.subnets import SubnetNameError
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_masked_layers
-from mmsparse.models import detector_predict_run, sparsify_detector
+from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
+from mmsparse.models import detector_predict_run
 
 
 def parse_args():
@@ -98,11 +98,7 @@ def load_sparse_detector(cfg, checkpoint):
     """The detector with the checkpoint's weights and, when it holds masks, its
     SparseNetwork (masked layers attached as ``tools/test.py``'s SparseSubnetsHook does)."""
     model = MODELS.build(cfg.model)
-    names = checkpoint_masked_layers(checkpoint)
-    network = None
-    if names:
-        network = sparsify_detector(model, names, (), analysis_image_size(cfg),
-                                    sparsify_input_layers=True, sparsify_output_layers=True)
+    network = checkpoint_network(model, checkpoint, analysis_image_size(cfg))
     ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
     state = ckpt.get('state_dict', ckpt)
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}

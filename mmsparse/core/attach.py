@@ -80,20 +80,28 @@ class SparseNetwork:
         run: ``run(model) -> outputs``, one forward used for channel dependency analysis.
         include / exclude / sparsify_input_layers / sparsify_output_layers: see
             :func:`select_layers`.
+        channel_groups: Also remove channels that several layers share (residual streams,
+            FPN outputs; :func:`~.dependency.analyze_channels` with ``couple=True``). A
+            group's layers then keep the same channels. Default False: only layers whose
+            channels reach nothing but other layers' inputs.
+        graph: A :class:`~.dependency.GraphInfo` already computed for ``model`` (then
+            ``run`` is not run and ``channel_groups`` is the graph's).
     """
 
     def __init__(self, model, run, include=('*', ), exclude=(), sparsify_input_layers=False,
-                 sparsify_output_layers=False):
+                 sparsify_output_layers=False, channel_groups=False, graph=None):
         self.model = model
-        self.graph = analyze_channels(model, run)
+        self.graph = graph if graph is not None else analyze_channels(model, run,
+                                                                      couple=channel_groups)
         names = select_layers(model, include, exclude, self.graph, sparsify_input_layers,
                               sparsify_output_layers)
         modules = dict(model.named_modules())
         self.layers = {name: make_masked(modules[name]) for name in names}
-        # Channel masks need every consumer of the channels to be masked too, so the channel
-        # outputs are exactly zero and parameter counts see the removed input channels.
+        # A group's channels can go only if every layer of the group is masked (the stem,
+        # left dense, shares a ResNet-18's first residual stream).
         self.channel_layers = [n for n in names if self.graph.channels.get(n) is not None
-                               and self.graph.channels[n].removable]
+                               and self.graph.channels[n].removable
+                               and all(m in self.layers for m in self.graph.channels[n].group)]
         for name in self.channel_layers:
             for follower in self.graph.channels[name].followers:
                 modules[follower].register_forward_hook(ChannelOutputMask(self.layers[name]))
@@ -134,10 +142,27 @@ class SparseNetwork:
             listener(spec)
         return spec
 
+    def channel_layer_groups(self):
+        """The channel-masked layers as groups that keep the same channels (tuples)."""
+        return list(dict.fromkeys(self.graph.channels[n].group for n in self.channel_layers))
+
     def channel_producers(self):
         """consumer layer name -> producer layer name, for channel-masked producers."""
         return {consumer: name for name in self.channel_layers
                 for consumer in self.graph.channels[name].consumers}
+
+    def consumer_keep(self, consumer, spec):
+        """Bool kept input features of ``consumer`` under channel subnet ``spec`` (or None).
+
+        One entry per input channel, or ``H * W`` per channel for a Linear layer reading
+        them flattened.
+        """
+        producer = self.channel_producers().get(consumer)
+        if producer is None:
+            return None
+        keep = self.layers[producer].channel_keep(spec)
+        expansion = self.graph.channels[producer].expansion.get(consumer, 1)
+        return None if keep is None else keep.repeat_interleave(expansion)
 
     def effective_masks(self, name):
         """Per layer, the bool mask of the weights ``name`` really uses (or None).
@@ -155,9 +180,8 @@ class SparseNetwork:
             weight = self.layers[lname].dense_weight if lname in self.layers else layer.weight
             mask = (self.layers[lname].mask_for(spec)
                     if lname in self.layers and spec != DENSE else None)
-            producer = producers.get(lname)
-            if producer is not None:
-                keep_in = self.layers[producer].channel_keep(spec)
+            if lname in producers:
+                keep_in = self.consumer_keep(lname, spec)
                 if keep_in is not None:
                     shape = [1] * weight.dim()
                     shape[weight_axes(layer)[1]] = -1

@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .allocation import erk_densities
 from .dst import prune_and_grow
-from .patterns import channel_scores_umm, check_ratio, topk_mask
+from .patterns import SparsitySpecError, channel_scores_umm, check_ratio, topk_mask
 from .schedules import polynomial_progress
 from .subnets import SubnetSpec
 
@@ -179,6 +179,16 @@ def weight_masks(network, spec):
         out[name] = (torch.ones_like(layer.dense_weight, dtype=torch.bool)
                      if mask is None else mask.clone())
     return out
+
+
+def check_uncoupled(network, who):
+    """Chase ranks and floors channels layer by layer: refuse channel groups, naming one."""
+    group = next((g for g in network.channel_layer_groups() if len(g) > 1), None)
+    if group is not None:
+        raise SparsitySpecError(
+            f'{who} removes channels layer by layer, but the network couples {len(group)} '
+            f'layers into one channel group ({group[0]}, ...): set '
+            'SparseSubnetsHook(channel_groups=False)')
 
 
 def channel_keeps(network, spec):

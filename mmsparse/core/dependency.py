@@ -17,29 +17,33 @@ This is the technique of dependency-graph pruning libraries, here on torch's own
 graph so it works on MMDetection's data-dependent forwards, which ``torch.fx`` cannot trace.
 No per-model tables. The same walk yields the layers that consume the raw input (the stem)
 and the layers whose outputs reach the model's outputs directly (prediction layers).
+
+Layers feeding the same consumer (an RPN conv run on every FPN level) form a *group* that
+keeps the same channels (:mod:`.channel_groups`). With ``couple=True`` the walk also
+crosses the ops that tie several layers' channels together:
+
+* an ``add`` (a residual add, the FPN's top-down sum) is a junction: every layer whose
+  channels meet there joins the group, which is removable only if every input of every
+  junction comes from the group or is zero (a removed channel is then 0 + 0);
+* RoIAlign is channel-wise, writing RoI features into a zero tensor (``index_put`` over
+  rows) keeps channels, and flattening ``(N, C, H, W)`` into a Linear layer makes that
+  layer consume each channel as ``H * W`` inputs (its *expansion*).
+
+This makes residual streams and FPN outputs removable, which is what shrinks RoIAlign and
+the heads' inputs; :mod:`.slimming` slices whole groups.
 """
-import re
+import contextlib
 from dataclasses import dataclass, field
+from math import prod
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .layers import MASKABLE_TYPES
-
-# Ops that act per channel and map an all-zero channel to an all-zero channel.
-CHANNELWISE_OPS = frozenset({
-    'Relu', 'LeakyRelu', 'Hardtanh', 'Gelu', 'Silu', 'Tanh', 'Hardswish', 'Mish', 'Elu',
-    'Threshold', 'MaxPool1DWithIndices', 'MaxPool2DWithIndices', 'MaxPool3DWithIndices',
-    'AvgPool2D', 'AvgPool3D', 'AdaptiveAvgPool2D', 'AdaptiveMaxPool2D', 'UpsampleNearest1D',
-    'UpsampleNearest2D', 'UpsampleNearest3D', 'UpsampleBilinear2D', 'UpsampleNearestExact2D',
-    'NativeDropout', 'Clone', 'ToCopy', 'Alias'})
-_SUFFIX = re.compile(r'Backward\d*$')
-
-
-def op_name(node):
-    """``ReluBackward0`` -> ``Relu``."""
-    return _SUFFIX.sub('', type(node).__name__)
+from .channel_groups import form_groups
+from .graph_ops import (CHANNELWISE_OPS, COUPLED_CHANNELWISE_OPS, NonzeroConstants,
+                        is_times_zero, op_name, out_count)
+from .layers import MASKABLE_TYPES, weight_axes
 
 
 @dataclass
@@ -52,11 +56,20 @@ class ChannelInfo:
         reason: Why not, naming the coupling op (empty when removable).
         followers: BatchNorm modules (names) whose outputs carry these channels.
         consumers: Layers (names) that take these channels as input channels.
+        expansion: consumer name -> inputs per channel, for Linear layers that read the
+            channels flattened with their spatial positions (absent: 1).
+        group: The layers that must keep the same channels as this one (itself included;
+            only itself unless the analysis coupled layers).
+        width_holders: Other modules whose ``out_channels`` attribute is this group's width
+            and sizes tensors at run time (e.g. a RoI extractor's output buffer).
     """
     removable: bool = True
     reason: str = ''
     followers: list = field(default_factory=list)
     consumers: list = field(default_factory=list)
+    expansion: dict = field(default_factory=dict)
+    group: tuple = ()
+    width_holders: list = field(default_factory=list)
 
     def block(self, reason):
         if self.removable:
@@ -73,11 +86,13 @@ class GraphInfo:
         output_layers: Layers whose outputs reach the model outputs through no other
             weighted layer (class/box/mask prediction layers).
         order: Weighted layers in the order they first ran.
+        coupled: Whether the analysis grouped coupled layers (``couple=True``).
     """
     channels: dict
     input_layers: set
     output_layers: set
     order: list
+    coupled: bool = False
 
     @property
     def removable(self):
@@ -106,9 +121,17 @@ def _flatten_tensors(obj):
             yield from _flatten_tensors(v)
 
 
-def _record_calls(model, run, layer_types, norm_types):
-    """Run ``run(model)`` with hooks; return the calls and the output grad nodes."""
-    calls, pending, handles = [], {}, []
+def _record_calls(model, run, layer_types, norm_types, couple):
+    """Run ``run(model)`` with hooks.
+
+    Returns:
+        (calls, roots, outputs, constants): the recorded layer and norm calls, the output
+        grad nodes, ``{grad node: [module names]}`` of the first output tensor of every
+        other module (where a group's channels leave a module that may size buffers by its
+        width), and the junction nodes that add a non-zero constant.
+    """
+    calls, pending, handles, outputs = [], {}, [], {}
+    constants = NonzeroConstants() if couple else None
 
     def pre_hook(module, args):
         first = next(iter(_flatten_tensors(args)), None)
@@ -121,10 +144,19 @@ def _record_calls(model, run, layer_types, norm_types):
                 calls.append(_Call(name, module, pending.get(id(module)), out.grad_fn))
         return hook
 
+    def output_hook(name):
+        def hook(module, args, output):
+            out = next(iter(_flatten_tensors(output)), None)
+            if out is not None and out.grad_fn is not None:
+                outputs.setdefault(out.grad_fn, []).append(name)
+        return hook
+
     for name, module in model.named_modules():
         if isinstance(module, layer_types + norm_types):
             handles.append(module.register_forward_pre_hook(pre_hook))
             handles.append(module.register_forward_hook(post_hook(name)))
+        elif name:
+            handles.append(module.register_forward_hook(output_hook(name)))
     grad_flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     try:
@@ -134,16 +166,16 @@ def _record_calls(model, run, layer_types, norm_types):
         model.eval()
         for p in grad_flags:
             p.requires_grad_(True)
-        with torch.enable_grad():
-            outputs = run(model)
-        roots = {t.grad_fn for t in _flatten_tensors(outputs) if t.grad_fn is not None}
+        with torch.enable_grad(), constants or contextlib.nullcontext():
+            results = run(model)
+        roots = {t.grad_fn for t in _flatten_tensors(results) if t.grad_fn is not None}
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
-    return calls, roots
+    return calls, roots, outputs, (constants.nodes if couple else set())
 
 
 def _node_owners(calls):
@@ -179,7 +211,7 @@ def _consumer_map(roots):
 
 
 def analyze_channels(model, run, layer_types=MASKABLE_TYPES, norm_types=(_BatchNorm,),
-                     passthrough_norm_types=(_BatchNorm,)):
+                     passthrough_norm_types=(_BatchNorm,), couple=False):
     """Find removable output channels, the stem and the prediction layers of ``model``.
 
     Args:
@@ -189,44 +221,63 @@ def analyze_channels(model, run, layer_types=MASKABLE_TYPES, norm_types=(_BatchN
         layer_types: Weighted layer types (producers and consumers of channels).
         norm_types: Normalisation layers to record (others are treated as plain ops).
         passthrough_norm_types: Norms that act per channel and may follow a removable layer.
+        couple: Also cross adds, RoIAlign and flattening into Linear layers, grouping the
+            layers whose channels these ops tie together (see the module docstring).
 
     Returns:
         GraphInfo
     """
     norm_types = tuple(norm_types) + tuple(t for t in (nn.GroupNorm, nn.LayerNorm)
                                            if t not in norm_types)
-    calls, roots = _record_calls(model, run, tuple(layer_types), norm_types)
+    calls, roots, outputs, constants = _record_calls(model, run, tuple(layer_types), norm_types,
+                                                     couple)
     owner = _node_owners(calls)
     consumers = _consumer_map(roots)
     channels, order, input_layers, output_layers = {}, [], set(), set()
+    walks = {}  # layer name -> _Walk, merged over the layer's calls
     for call in calls:
         if not isinstance(call.module, tuple(layer_types)):
             continue
         if call.name not in channels:
             channels[call.name] = ChannelInfo()
             order.append(call.name)
+            walks[call.name] = _Walk(couple)
         info = channels[call.name]
         if call.in_node is None:
             input_layers.add(call.name)
         if _walk_forward(call, owner, consumers, roots, info, tuple(layer_types),
-                         tuple(passthrough_norm_types)):
+                         tuple(passthrough_norm_types), walks[call.name]):
             output_layers.add(call.name)
     for info in channels.values():
         if info.removable and not info.consumers:
             info.block('its output feeds no other layer')
-    return GraphInfo(channels, input_layers, output_layers, order)
+    form_groups(channels, order, walks, outputs, constants, dict(model.named_modules()))
+    return GraphInfo(channels, input_layers, output_layers, order, couple)
 
 
-def _walk_forward(call, owner, consumers, roots, info, layer_types, passthrough_norms):
-    """Follow one call's output channels forward; update ``info``.
+class _Walk:
+    """What one layer's forward walk saw: the nodes, and the junctions it crossed."""
+
+    def __init__(self, couple):
+        self.couple = couple
+        self.seen = set()
+        self.junctions = set()
+
+
+def _walk_forward(call, owner, consumers, roots, info, layer_types, passthrough_norms, walk):
+    """Follow one call's output channels forward; update ``info`` and ``walk``.
+
+    Each stack entry carries the channels' expansion: 1, or ``H * W`` once a ``(N, C, H, W)``
+    tensor was flattened (only with coupling).
 
     Returns:
         True when the output reaches a model output through no other weighted layer.
     """
     reaches_output = False
-    stack, seen = [call.out_node], set()
+    count = out_count(call.module)
+    stack, seen = [(call.out_node, 1)], walk.seen
     while stack:
-        node = stack.pop()
+        node, expansion = stack.pop()
         if node in seen:
             continue
         seen.add(node)
@@ -238,25 +289,68 @@ def _walk_forward(call, owner, consumers, roots, info, layer_types, passthrough_
             if user_call is not None and user_call is not call:
                 module = user_call.module
                 if isinstance(module, layer_types):
-                    if getattr(module, 'groups', 1) != 1:
-                        info.block(f'it feeds the grouped conv {user_call.name}')
-                    elif user_call.name not in info.consumers:
-                        info.consumers.append(user_call.name)
+                    _add_consumer(info, user_call.name, module, count, expansion)
                     continue
-                if isinstance(module, passthrough_norms):
+                if isinstance(module, passthrough_norms) and expansion == 1:
                     if user_call.name not in info.followers:
                         info.followers.append(user_call.name)
-                    stack.append(user_call.out_node)
+                    stack.append((user_call.out_node, 1))
                     continue
                 info.block(f'it feeds {type(module).__name__} {user_call.name}')
-                stack.append(user_call.out_node)
+                stack.append((user_call.out_node, expansion))
                 continue
-            name = op_name(user)
-            if name not in CHANNELWISE_OPS:
-                info.block(f'it feeds a {name} op')
-            stack.append(user)  # keep walking: we still want to know if it reaches outputs
+            stack.append((user, _crossing(user, consumers, info, walk, count, expansion)))
     return reaches_output and _reaches_without_layer(call, owner, consumers, roots,
                                                      layer_types)
+
+
+def _add_consumer(info, name, module, count, expansion):
+    if getattr(module, 'groups', 1) != 1:
+        info.block(f'it feeds the grouped conv {name}')
+        return
+    if expansion != 1:
+        in_count = module._parameters['weight'].shape[weight_axes(module)[1]]
+        if not isinstance(module, nn.Linear) or in_count != count * expansion:
+            info.block(f'its flattened channels feed {name}, which does not read them as '
+                       f'{count} x {expansion} inputs')
+            return
+    if info.expansion.get(name, expansion) != expansion:
+        info.block(f'{name} reads its channels both flattened and not')
+    if name not in info.consumers:
+        info.consumers.append(name)
+    if expansion != 1:
+        info.expansion[name] = expansion
+
+
+def _crossing(node, consumers, info, walk, count, expansion):
+    """Check a non-module op on the walk.
+
+    Returns:
+        The expansion past the op (``info`` is blocked if the op couples channels).
+    """
+    name = op_name(node)
+    if name in CHANNELWISE_OPS:
+        return expansion
+    if walk.couple:
+        if is_times_zero(node) or (name == 'Sum' and all(
+                is_times_zero(u) for u in consumers.get(node, []))):
+            # MMDetection's RoI extractors add ``feats.sum() * 0.`` for an FPN level no RoI
+            # maps to (to keep it in the graph): an exact 0 whatever the channels hold, so
+            # it may follow them into the junction where it is added.
+            return expansion
+        if name in COUPLED_CHANNELWISE_OPS:
+            return expansion
+        if name == 'Add' or (name == 'IndexPut' and len(node._saved_indices) == 1):
+            walk.junctions.add(node)  # index_put over rows only: channels stay in place
+            return expansion
+        if name == 'View' and expansion == 1:
+            sizes = tuple(node._saved_self_sym_sizes)
+            if len(sizes) > 2 and sizes[1] == count:
+                # Only a Linear layer reading count * H * W inputs may consume it
+                # (checked by _add_consumer); anything else blocks further on.
+                return int(prod(sizes[2:]))
+    info.block(f'it feeds a {name} op')
+    return expansion
 
 
 def _reaches_without_layer(call, owner, consumers, roots, layer_types):

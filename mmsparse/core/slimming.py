@@ -180,8 +180,12 @@ def _slice_out(module, index, name):
                             f'({type(module).__name__})')
 
 
-def _slice_in(module, index, name):
-    """Keep input channels ``index`` of a Conv/Linear/ConvTranspose layer."""
+def _slice_in(module, index, name, expansion=1):
+    """Keep input channels ``index`` of a Conv/Linear/ConvTranspose layer (of a Linear
+    layer reading ``expansion`` inputs per channel: all of each kept channel's)."""
+    if expansion != 1:
+        index = (index[:, None] * expansion + torch.arange(expansion, device=index.device)
+                 ).flatten()
     if getattr(module, 'groups', 1) != 1:
         raise SlimmingError(f'cannot slice input channels of the grouped layer {name}')
     _, in_axis = weight_axes(module)
@@ -226,6 +230,11 @@ def _check_keep(modules, graph, keep):
                                 f'{kept.dtype} {tuple(kept.shape)}')
         if not kept.any():
             raise SlimmingError(f'keep[{name!r}] removes every output channel')
+        for other in info.group:
+            if other not in keep or not torch.equal(keep[other].cpu(), kept.cpu()):
+                raise SlimmingError(
+                    f'{name} and {other} are one channel group ({len(info.group)} layers whose '
+                    'channels are added or read together); all must keep the same channels')
         for consumer in info.consumers:
             # A layer fed by several producers (a shared head) must lose the same channels
             # from all of them, or its input channels cannot be sliced once for all calls.
@@ -259,17 +268,23 @@ def slim_channels(model, graph, keep):
     """
     modules = dict(model.named_modules())
     _check_keep(modules, graph, keep)
-    sliced_inputs = set()
+    sliced = set()  # shared consumers and norms are sliced once (all their feeders agree)
     for name, kept in keep.items():
         module = modules[name]
+        info = graph.channels[name]
         index = kept.to(module.weight.device).nonzero().flatten()
         _slice_out(module, index, name)
-        for follower in graph.channels[name].followers:
-            _slice_norm(modules[follower], index)
-        for consumer in graph.channels[name].consumers:
-            if consumer not in sliced_inputs:  # shared consumers: once, all feeders agree
-                _slice_in(modules[consumer], index, consumer)
-                sliced_inputs.add(consumer)
+        for follower in info.followers:
+            if follower not in sliced:
+                _slice_norm(modules[follower], index)
+                sliced.add(follower)
+        for consumer in info.consumers:
+            if consumer not in sliced:
+                _slice_in(modules[consumer], index, consumer, info.expansion.get(consumer, 1))
+                sliced.add(consumer)
+        for holder in info.width_holders:
+            # e.g. a RoI extractor allocates its output as (num_rois, out_channels, h, w)
+            modules[holder].out_channels = len(index)
     return model
 
 

@@ -84,24 +84,39 @@ def generate_masks(network, subnets, spec=MaskSpec()):
     c_ratios = _ratios(specs, 'channel')
     b_ratios = _ratios(specs, 'block')
 
+    nm_masks = {name: [((n, m), nm_mask(scores[name], n, m, layer.in_axis,
+                                        where=f'layer {name}')) for n, m in nm_pairs]
+                for name, layer in layers.items()}
+    channel = _channel_masks(network, scores, spec, c_ratios, u_ratios, u_levels, nm_masks)
     for name, layer in layers.items():
-        score = scores[name]
-        nm = [((n, m), nm_mask(score, n, m, layer.in_axis, where=f'layer {name}'))
-              for n, m in nm_pairs]
         block = None
         if b_ratios:
-            per_block = block_scores(score, spec.block_shape, layer.out_axis, layer.in_axis)
+            per_block = block_scores(scores[name], spec.block_shape, layer.out_axis,
+                                     layer.in_axis)
             level = expand_blocks(nested_levels(per_block, b_ratios), spec.block_shape,
-                                  score.shape, layer.out_axis, layer.in_axis)
+                                  scores[name].shape, layer.out_axis, layer.in_axis)
             block = (b_ratios, level.contiguous(), spec.block_shape)
-        channel = None
-        if c_ratios and name in network.channel_layers:
-            per_ratio = _channel_scores(score, layer, spec.channel_score, u_ratios,
-                                        u_levels[name], nm, len(c_ratios))
-            channel = (c_ratios, torch.stack([channel_mask(scores_i, ratio)
-                                              for scores_i, ratio in zip(per_ratio, c_ratios)]))
-        layer.set_masks(unstructured=(u_ratios, u_levels[name]), nm=nm, channel=channel,
-                        block=block)
+        layer.set_masks(unstructured=(u_ratios, u_levels[name]), nm=nm_masks[name],
+                        channel=channel.get(name), block=block)
+
+
+def _channel_masks(network, scores, spec, c_ratios, u_ratios, u_levels, nm_masks):
+    """``{layer: (ratios, bool (K, Cout))}``: one ranking per channel group, whose layers'
+    scores are summed channel by channel, so they keep the same channels."""
+    if not c_ratios:
+        return {}
+    masks = {}
+    for group in network.channel_layer_groups():
+        per_ratio = None
+        for name in group:
+            layer = network.layers[name]
+            part = _channel_scores(scores[name], layer, spec.channel_score, u_ratios,
+                                   u_levels[name], nm_masks[name], len(c_ratios))
+            per_ratio = part if per_ratio is None else [a + b for a, b in zip(per_ratio, part)]
+        keep = torch.stack([channel_mask(scores_i, ratio)
+                            for scores_i, ratio in zip(per_ratio, c_ratios)])
+        masks.update({name: (c_ratios, keep) for name in group})
+    return masks
 
 
 def _channel_scores(score, layer, method, u_ratios, u_level, nm, count):

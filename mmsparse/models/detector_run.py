@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from mmdet.testing import demo_mm_inputs
 
-from mmsparse.core import SparseNetwork
+from mmsparse.core import SparseNetwork, analyze_channels
 
 
 @contextlib.contextmanager
@@ -78,4 +78,32 @@ def attached_network(model):
 def attach_network(model, network):
     """Remember ``network`` on the (unwrapped) model so loops and hooks can find it."""
     object.__setattr__(model, '_mmsparse_network', network)  # not a submodule
+    return network
+
+
+def sparsify_checkpoint_layers(model, names, channel_names=(), image_size=(128, 128)):
+    """A :class:`~mmsparse.core.SparseNetwork` over the masked layers a checkpoint holds.
+
+    Args:
+        model: The detector the checkpoint will be loaded into.
+        names: The checkpoint's masked layers (all are masked, stem and heads included).
+        channel_names: Those holding channel masks. When one of them cannot remove channels
+            on its own, the masks were made with ``channel_groups=True`` and the channel
+            groups are analysed too.
+
+    Raises:
+        ValueError: a layer holds channel masks but its channels cannot be removed.
+    """
+    run = detector_loss_run(image_size)
+    graph = analyze_channels(model, run)
+    if any(n in graph.channels and not graph.channels[n].removable for n in channel_names):
+        graph = analyze_channels(model, run, couple=True)
+    network = SparseNetwork(model, run, include=names, sparsify_input_layers=True,
+                            sparsify_output_layers=True, graph=graph)
+    for name in channel_names:
+        if name not in network.channel_layers:
+            info = graph.channels.get(name)
+            raise ValueError(f'the checkpoint holds channel masks for {name}, whose output '
+                             'channels cannot be removed in this model'
+                             + (f': {info.reason}' if info is not None else ''))
     return network

@@ -182,10 +182,7 @@ def test_unknown_subnet_lists_the_valid_ones():
         channel_keep(network, 'nm@2:4')
 
 
-@pytest.fixture(scope='module')
-def tiny_mask_rcnn():
-    """The tests' tiny Mask R-CNN (real MMDetection modules), masks from UMG, random init
-    with non-trivial BatchNorms, and one preprocessed synthetic image."""
+def _tiny_mask_rcnn(channel_groups=False):
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
@@ -198,13 +195,20 @@ def tiny_mask_rcnn():
     model = MODELS.build(Config.fromfile(str(TINY_CONFIG)).model)
     model.init_weights()
     randomize_bn(model)
-    network = sparsify_detector(model)
+    network = sparsify_detector(model, channel_groups=channel_groups)
     generate_masks(network, SUBNETS, MaskSpec())
     model.eval()
     packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 64)], num_items=[2],
                             num_classes=2, with_mask=True)
     data = model.data_preprocessor(packed, False)
     return network, data['inputs'], data['data_samples']
+
+
+@pytest.fixture(scope='module')
+def tiny_mask_rcnn():
+    """The tests' tiny Mask R-CNN (real MMDetection modules), masks from UMG, random init
+    with non-trivial BatchNorms, and one preprocessed synthetic image."""
+    return _tiny_mask_rcnn()
 
 
 def _detector_outputs(model, inputs, samples):
@@ -221,17 +225,32 @@ def _detector_outputs(model, inputs, samples):
             mask['mask_preds']]
 
 
+def _masked_then_slimmed(network, inputs, samples, name='channel@0.50'):
+    """The masked detector's outputs and prediction under ``name``, and its slimmed copy."""
+    network.set_active(name)
+    try:
+        expected = _detector_outputs(network.model, inputs, samples)
+        with torch.no_grad():
+            prediction = network.model.predict(inputs, samples)[0]
+    finally:
+        network.set_active('dense')
+    slim = slim_subnet(network, name).eval()
+    _check_shapes(slim)
+    return expected, prediction, slim
+
+
+def _same_detections(slim, inputs, samples, reference):
+    with torch.no_grad():
+        pred = slim.predict(inputs, samples)[0]
+    assert torch.allclose(pred.pred_instances.bboxes, reference.pred_instances.bboxes,
+                          atol=1e-3)
+
+
 def test_tiny_mask_rcnn_slimmed_equals_masked(tiny_mask_rcnn):
     network, inputs, samples = tiny_mask_rcnn
     model = network.model
-    network.set_active('channel@0.50')
-    try:
-        expected = _detector_outputs(model, inputs, samples)
-    finally:
-        network.set_active('dense')
-    slim = slim_subnet(network, 'channel@0.50').eval()
+    expected, reference, slim = _masked_then_slimmed(network, inputs, samples)
     assert not any(is_masked(m) or m._forward_hooks for m in slim.modules())
-    _check_shapes(slim)
     assert _count(slim) < 0.75 * _count(model)
     widths = {n: slim.get_submodule(n).weight.shape[0] for n in
               ('backbone.layer1.0.conv1', 'rpn_head.rpn_conv', 'roi_head.bbox_head.shared_fcs.0')}
@@ -242,14 +261,7 @@ def test_tiny_mask_rcnn_slimmed_equals_masked(tiny_mask_rcnn):
     for g, e in zip(got, expected):
         assert g.shape == e.shape
         assert torch.allclose(g, e, atol=1e-4, rtol=1e-4)
-    with torch.no_grad():  # the whole inference path runs and gives the same detections
-        pred, ref = slim.predict(inputs, samples)[0], None
-        network.set_active('channel@0.50')
-        try:
-            ref = model.predict(inputs, samples)[0]
-        finally:
-            network.set_active('dense')
-    assert torch.allclose(pred.pred_instances.bboxes, ref.pred_instances.bboxes, atol=1e-3)
+    _same_detections(slim, inputs, samples, reference)  # the whole inference path
 
 
 def test_tiny_mask_rcnn_fold_is_exact(tiny_mask_rcnn):
@@ -263,6 +275,36 @@ def test_tiny_mask_rcnn_fold_is_exact(tiny_mask_rcnn):
             network.set_active('dense')
         for g, e in zip(_detector_outputs(folded, inputs, samples), expected):
             assert torch.equal(g, e), name
+
+
+def test_tiny_mask_rcnn_channel_groups_slim_the_fpn_and_the_roi_features():
+    """With channel_groups the residual streams (with a projection shortcut), the FPN's
+    laterals and outputs, and with them RoIAlign, the RPN conv's and the heads' inputs
+    shrink; the slimmed detector still computes the masked one's outputs."""
+    network, inputs, samples = _tiny_mask_rcnn(channel_groups=True)
+    groups = network.channel_layer_groups()
+    assert ('neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv', 'neck.fpn_convs.2.conv',
+            'neck.fpn_convs.3.conv') in groups
+    assert any('backbone.layer2.0.downsample.0' in g and 'backbone.layer2.1.conv2' in g
+               for g in groups)
+    # the stem stays dense, so layer1's stream (its identity) keeps its channels
+    assert 'backbone.layer1.0.conv2' not in network.channel_layers
+    assert network.graph.channels['neck.fpn_convs.0.conv'].expansion == {
+        'roi_head.bbox_head.shared_fcs.0': 49}
+    expected, reference, slim = _masked_then_slimmed(network, inputs, samples)
+    assert _count(slim) < 0.35 * _count(network.model)
+    assert slim.neck.fpn_convs[0].conv.out_channels == slim.rpn_head.rpn_conv.in_channels == 8
+    assert slim.roi_head.bbox_roi_extractor.out_channels == 8  # sizes its output buffer
+    assert slim.roi_head.bbox_head.shared_fcs[0].in_features == 8 * 49
+    assert slim.roi_head.mask_head.convs[0].conv.in_channels == 8
+    keep = network.layers['neck.fpn_convs.0.conv'].channel_keep(network.resolve('channel@0.50'))
+    got = _detector_outputs(slim, inputs, samples)
+    for g, e in zip(got[:5], expected[:5]):  # the FPN levels: the kept channels, the rest 0
+        assert torch.allclose(g, e[:, keep], atol=1e-4, rtol=1e-4)
+        assert not e[:, ~keep].any()
+    for g, e in zip(got[5:], expected[5:]):
+        assert torch.allclose(g, e, atol=1e-4, rtol=1e-4)
+    _same_detections(slim, inputs, samples, reference)
 
 
 # -- mmsparse/core/export.py: the torch-only helpers of tools/export_subnet.py ----------------

@@ -52,10 +52,10 @@ from mmsparse.core import DENSE, record_positions, subnet_stats
 from mmsparse.core.layers import MASKABLE_TYPES
 from mmsparse.core.slimming import slim_subnet
 from mmsparse.datasets import check_dataset_paths
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_masked_layers
+from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
 from mmsparse.engine.runner.subnet_loops import resolve_subnets
 from mmsparse.evaluation.selection import human
-from mmsparse.models import attach_network, detector_predict_run, sparsify_detector
+from mmsparse.models import attach_network, detector_predict_run
 
 
 def parse_args(argv=None):
@@ -92,11 +92,8 @@ def load_sparse_detector(cfg, checkpoint, analysis_image_size=(128, 128)):
     """
     register_all_modules()
     model = MODELS.build(cfg.model)
-    names = checkpoint_masked_layers(checkpoint)
-    network = None
-    if names:
-        network = sparsify_detector(model, names, (), analysis_image_size,
-                                    sparsify_input_layers=True, sparsify_output_layers=True)
+    network = checkpoint_network(model, checkpoint, analysis_image_size)
+    if network is not None:
         attach_network(model, network)
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=False,
                              logger='silent')

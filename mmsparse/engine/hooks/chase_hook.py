@@ -3,7 +3,7 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 
 from mmsparse.core.chase import (ChaseSchedule, DenseGradientRecorder, apply_chase_masks,
-                                 chase_update, init_chase_masks)
+                                 chase_update, check_uncoupled, init_chase_masks)
 from mmsparse.registry import HOOKS
 from .sparse_subnets_hook import broadcast_masks, masked_layer_names, required_network
 
@@ -43,7 +43,9 @@ class ChaseHook(Hook):
         self.recorder = None
 
     def _network(self, runner):
-        return required_network(runner, 'ChaseHook')
+        network = required_network(runner, 'ChaseHook')
+        check_uncoupled(network, 'ChaseHook')
+        return network
 
     def after_load_checkpoint(self, runner, checkpoint):
         # A checkpoint with masks (a Chase run, resumed or fine-tuned) keeps them; a dense

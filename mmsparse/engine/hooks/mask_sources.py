@@ -5,6 +5,7 @@ import torch
 from mmsparse.core import generate_masks
 from mmsparse.core.mask_sources import (check_mask_sources, chase_channel_masks,
                                         clear_transforms, spartan_unstructured_step)
+from mmsparse.core.chase import check_uncoupled
 from mmsparse.core.patterns import SparsitySpecError
 from mmsparse.core.spartan import SpartanMasker, SpartanSchedule
 from .sparse_subnets_hook import broadcast_masks
@@ -79,6 +80,8 @@ class CocktailMaskSources:
     def setup(self, runner, network, held_patterns, stage_end):
         """Check the sources against the model and optimizer; build Spartan's state."""
         check_mask_sources({p: n for p, n in self.names.items() if n != 'umg'}, held_patterns)
+        if self.chase:
+            check_uncoupled(network, "mask_sources['channel']='chase'")
         if not self.spartan:
             return
         if getattr(runner.optim_wrapper, 'mask_momentum', False):

@@ -6,7 +6,8 @@ from mmengine.model import is_model_wrapper
 
 from mmsparse.core import MaskSpec, check_selection, generate_masks, is_mask_key, parse_subnets
 from mmsparse.core.subnets import cocktail_subnets
-from mmsparse.models import attach_network, attached_network, sparsify_detector
+from mmsparse.models import (attach_network, attached_network, sparsify_checkpoint_layers,
+                             sparsify_detector)
 from mmsparse.registry import HOOKS
 
 SUBNET_SETS = {'cocktail': cocktail_subnets}
@@ -51,12 +52,19 @@ def masked_layer_names(state_dict):
     return names if filled else []
 
 
-def checkpoint_masked_layers(path):
-    """Masked layer names in an mmengine checkpoint file."""
+def checkpoint_network(model, path, image_size=(128, 128)):
+    """A SparseNetwork of ``model`` over the masked layers checkpoint ``path`` holds (stem
+    and heads included, channel groups if its channel masks need them); None if it holds
+    no masks."""
     # Memory-mapped: only the key names and the small ratio buffers are read here; the
-    # Runner loads the weights itself right after.
+    # weights are loaded by the caller.
     checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    return masked_layer_names(checkpoint.get('state_dict', checkpoint))
+    state = checkpoint.get('state_dict', checkpoint)
+    names = masked_layer_names(state)
+    if not names:
+        return None
+    channel = [n for n in names if state[f'{n}.mask_channel_ratios'].numel()]
+    return sparsify_checkpoint_layers(model, names, channel, image_size)
 
 
 def holds_masks(network):
@@ -79,12 +87,16 @@ class SparseSubnetsHook(Hook):
             (see :func:`mmsparse.core.select_layers`).
         mask_spec: kwargs of :class:`mmsparse.core.MaskSpec`.
         analysis_image_size: (H, W) of the synthetic image for dependency analysis.
+        channel_groups: Let channel subnets also remove the channels that several layers
+            share, keeping them equal across the group: ResNet's residual streams and the
+            FPN's outputs (with them RoIAlign and the heads' inputs shrink). Default False.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self, subnets=None, include=('*', ), exclude=(), sparsify_input_layers=False,
-                 sparsify_output_layers=False, mask_spec=None, analysis_image_size=(128, 128)):
+                 sparsify_output_layers=False, mask_spec=None, analysis_image_size=(128, 128),
+                 channel_groups=False):
         if isinstance(subnets, str):
             if subnets not in SUBNET_SETS:
                 raise ValueError(f'unknown subnet set {subnets!r}; known: {sorted(SUBNET_SETS)}'
@@ -96,6 +108,7 @@ class SparseSubnetsHook(Hook):
         self.sparsify_output_layers = sparsify_output_layers
         self.mask_spec = MaskSpec(**(mask_spec or {}))
         self.analysis_image_size = tuple(analysis_image_size)
+        self.channel_groups = channel_groups
 
     def before_run(self, runner):
         model = unwrap(runner.model)
@@ -105,18 +118,17 @@ class SparseSubnetsHook(Hook):
             network = sparsify_detector(model, self.include, self.exclude,
                                         self.analysis_image_size,
                                         sparsify_input_layers=self.sparsify_input_layers,
-                                        sparsify_output_layers=self.sparsify_output_layers)
+                                        sparsify_output_layers=self.sparsify_output_layers,
+                                        channel_groups=self.channel_groups)
             check_selection(network, self.subnets, self.mask_spec.block_shape)
         else:
             load_from = runner.cfg.get('load_from')
-            names = checkpoint_masked_layers(load_from) if load_from else []
-            if not names:
+            network = (checkpoint_network(model, load_from, self.analysis_image_size)
+                       if load_from else None)
+            if network is None:
                 runner.logger.info('mmsparse: the checkpoint holds no masks; only the dense '
                                    'network can be evaluated')
                 return
-            network = sparsify_detector(model, names, (), self.analysis_image_size,
-                                        sparsify_input_layers=True,
-                                        sparsify_output_layers=True)
         attach_network(model, network)
         runner.logger.info(f'mmsparse: {len(network.layers)} masked layers '
                            f'({len(network.channel_layers)} with removable channels)')
