@@ -151,15 +151,13 @@ class SparseNetwork:
         return {consumer: name for name in self.channel_layers
                 for consumer in self.graph.channels[name].consumers}
 
-    def consumer_keep(self, consumer, spec):
-        """Bool kept input features of ``consumer`` under channel subnet ``spec`` (or None).
+    def consumer_keep(self, producer, consumer, spec):
+        """Bool kept input features of ``consumer`` (fed by channel layer ``producer``) under
+        channel subnet ``spec``, or None when ``producer`` holds no such mask.
 
         One entry per input channel, or ``H * W`` per channel for a Linear layer reading
         them flattened.
         """
-        producer = self.channel_producers().get(consumer)
-        if producer is None:
-            return None
         keep = self.layers[producer].channel_keep(spec)
         expansion = self.graph.channels[producer].expansion.get(consumer, 1)
         return None if keep is None else keep.repeat_interleave(expansion)
@@ -181,7 +179,7 @@ class SparseNetwork:
             mask = (self.layers[lname].mask_for(spec)
                     if lname in self.layers and spec != DENSE else None)
             if lname in producers:
-                keep_in = self.consumer_keep(lname, spec)
+                keep_in = self.consumer_keep(producers[lname], lname, spec)
                 if keep_in is not None:
                     shape = [1] * weight.dim()
                     shape[weight_axes(layer)[1]] = -1

@@ -209,15 +209,11 @@ def _slice_norm(norm, index):
 
 
 def _check_keep(modules, graph, keep):
-    """Validate ``keep`` before anything is changed; return the consumers' feeders."""
+    """Validate ``keep`` before anything is changed."""
     masked = [n for n, m in modules.items() if isinstance(m, MaskedLayerMixin)]
     if masked:
         raise SlimmingError(f'slim_channels needs an ordinary model, but {masked[0]} is still '
                             'a masked layer: fold_masks first')
-    feeders = {}
-    for name, info in graph.channels.items():
-        for consumer in info.consumers:
-            feeders.setdefault(consumer, []).append(name)
     for name, kept in keep.items():
         info = graph.channels.get(name)
         if info is None or name not in modules:
@@ -230,20 +226,14 @@ def _check_keep(modules, graph, keep):
                                 f'{kept.dtype} {tuple(kept.shape)}')
         if not kept.any():
             raise SlimmingError(f'keep[{name!r}] removes every output channel')
+        # A group holds every layer feeding one of its consumers (a shared head) and every
+        # layer its channels are added to: all must lose the same channels, or a consumer's
+        # input channels could not be sliced once for all of them.
         for other in info.group:
             if other not in keep or not torch.equal(keep[other].cpu(), kept.cpu()):
                 raise SlimmingError(
                     f'{name} and {other} are one channel group ({len(info.group)} layers whose '
                     'channels are added or read together); all must keep the same channels')
-        for consumer in info.consumers:
-            # A layer fed by several producers (a shared head) must lose the same channels
-            # from all of them, or its input channels cannot be sliced once for all calls.
-            for other in feeders[consumer]:
-                if other not in keep or not torch.equal(keep[other].cpu(), kept.cpu()):
-                    raise SlimmingError(
-                        f'{consumer} takes input channels from {name} and {other}; both must '
-                        'keep the same channels')
-    return feeders
 
 
 @torch.no_grad()

@@ -43,9 +43,7 @@ class ChaseHook(Hook):
         self.recorder = None
 
     def _network(self, runner):
-        network = required_network(runner, 'ChaseHook')
-        check_uncoupled(network, 'ChaseHook')
-        return network
+        return required_network(runner, 'ChaseHook')
 
     def after_load_checkpoint(self, runner, checkpoint):
         # A checkpoint with masks (a Chase run, resumed or fine-tuned) keeps them; a dense
@@ -54,6 +52,7 @@ class ChaseHook(Hook):
 
     def before_train(self, runner):
         network = self._network(runner)
+        check_uncoupled(network, 'ChaseHook')
         self.schedule = ChaseSchedule(max_iters=runner.max_iters, **self.kwargs)
         self.modules = dict(network.model.named_modules())
         if not self.loaded_masks:
