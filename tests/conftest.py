@@ -44,6 +44,14 @@ def assert_ok(result):
                                     f'\nSTDERR:\n{result.stderr[-6000:]}')
 
 
+def train(cfg, work, *args):
+    """Run ``tools/train.py cfg --work-dir work *args``; fail with the tool's own output on
+    error; return its log (stdout + stderr)."""
+    result = run_tool(['tools/train.py', cfg, '--work-dir', work, *args])
+    assert_ok(result)
+    return result.stdout + result.stderr
+
+
 def train_two_ranks(cfg, work, port):
     """Train ``cfg`` in two gloo processes with ``tools/dist_train.sh``.
 

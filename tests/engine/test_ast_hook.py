@@ -15,8 +15,8 @@ from mmengine.logging import MessageHub
 from torch import nn
 
 import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
-from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, checkpoint_state,
-                      run_tool, train_two_ranks)
+from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, train,
+                      train_two_ranks)
 from mmsparse.core import SparseNetwork, check_selection, generate_masks, parse_subnets
 from mmsparse.core.ast import regrow_fraction, regrow_level, regrow_nm
 from mmsparse.core.patterns import keep_count
@@ -186,9 +186,7 @@ def _config(tmp_path):
 def trained(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp('ast')
     cfg = _config(root)
-    result = run_tool(['tools/train.py', cfg, '--work-dir', root / 'a'])
-    assert_ok(result)
-    return root, cfg, result.stdout + result.stderr
+    return root, cfg, train(cfg, root / 'a')
 
 
 def test_training_alternates_subnets_with_gradient_correction(trained):
@@ -228,10 +226,7 @@ def test_resume_continues_exactly(trained):
     work = root / 'b'
     work.mkdir()
     shutil.copy(root / 'a/iter_3.pth', work / 'iter_3.pth')
-    second = run_tool(['tools/train.py', cfg, '--work-dir', work, '--resume',
-                       work / 'iter_3.pth'])
-    assert_ok(second)
-    resumed = second.stdout + second.stderr
+    resumed = train(cfg, work, '--resume', work / 'iter_3.pth')
     assert 'resumed epoch: 0, iter: 3' in resumed
     for t in range(3, ITERS):
         line = next(x for x in log.splitlines() if f'iteration {t} trained' in x)

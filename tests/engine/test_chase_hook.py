@@ -11,7 +11,7 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (registers the hooks, allow-lists checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, assert_same_tensors, run_tool, train_two_ranks
+from conftest import REPO, TINY_CONFIG, assert_same_tensors, train, train_two_ranks
 from mmsparse.core import is_mask_key
 from mmsparse.core.chase import ChaseSchedule, channel_keeps, weight_masks
 from mmsparse.models import detector_loss_run, sparsify_detector
@@ -52,9 +52,7 @@ def _split(state, masks):
 def run(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp('chase')
     cfg = _config(root)
-    result = run_tool(['tools/train.py', cfg, '--work-dir', root / 'a'])
-    assert_ok(result)
-    return root, cfg, result.stdout + result.stderr
+    return root, cfg, train(cfg, root / 'a')
 
 
 @pytest.fixture(scope='module')
@@ -146,10 +144,7 @@ def test_resume_continues_exactly(run):
     work = root / 'b'
     work.mkdir()
     shutil.copy(root / 'a/iter_3.pth', work / 'iter_3.pth')
-    result = run_tool(['tools/train.py', cfg, '--work-dir', work, '--resume',
-                       work / 'iter_3.pth'])
-    assert_ok(result)
-    log = result.stdout + result.stderr
+    log = train(cfg, work, '--resume', work / 'iter_3.pth')
     assert 'Chase ERK masks' not in log and 'Chase update at iteration 4:' in log
     for t in range(4, ITERS + 1):
         a, b = _load(root / f'a/iter_{t}.pth'), _load(work / f'iter_{t}.pth')

@@ -10,8 +10,8 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, checkpoint_state,
-                      run_tool, train_two_ranks)
+from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, train,
+                      train_two_ranks)
 from mmsparse.core import cocktail_subnets, generate_masks, is_mask_key
 from mmsparse.core.schedules import stage_at
 from mmsparse.models import sparsify_detector
@@ -34,9 +34,7 @@ def _config(tmp_path, extra=''):
 def uninterrupted(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp('cocktail')
     cfg = _config(root)
-    result = run_tool(['tools/train.py', cfg, '--work-dir', root / 'a'])
-    assert_ok(result)
-    return root, cfg, result.stdout + result.stderr
+    return root, cfg, train(cfg, root / 'a')
 
 
 def test_training_logs_subnet_stage_and_pattern_losses(uninterrupted):
@@ -75,10 +73,7 @@ def test_resume_continues_exactly(uninterrupted):
     work = root / 'b'
     work.mkdir()
     shutil.copy(root / 'a/iter_5.pth', work / 'iter_5.pth')
-    second = run_tool(['tools/train.py', cfg, '--work-dir', work, '--resume',
-                       work / 'iter_5.pth'])
-    assert_ok(second)
-    resumed_log = second.stdout + second.stderr
+    resumed_log = train(cfg, work, '--resume', work / 'iter_5.pth')
     assert 'resumed epoch: 0, iter: 5' in resumed_log
     for t in range(5, ITERS, 2):
         line = f'iteration {t} trained'

@@ -11,8 +11,8 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, checkpoint_state,
-                      run_tool, train_two_ranks)
+from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, train,
+                      train_two_ranks)
 from mmsparse.core import SparsitySpecError, cocktail_subnets, generate_masks
 from mmsparse.core.chase import channel_floor
 from mmsparse.core.mask_sources import chase_channel_masks
@@ -51,9 +51,7 @@ def _by_suffix(state, suffix):
 def trained(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp('cocktail_sources')
     cfg = _config(root)
-    result = run_tool(['tools/train.py', cfg, '--work-dir', root / 'a'])
-    assert_ok(result)
-    log = result.stdout + result.stderr
+    log = train(cfg, root / 'a')
     steps = {int(t): name for t, name in re.findall(r'iteration (\d+) trained (\S+) ', log)}
     assert sorted(steps) == list(range(ITERS))
     return root, cfg, log, steps
@@ -150,9 +148,7 @@ def test_resume_continues_exactly(trained):
     work = root / 'b'
     work.mkdir()
     shutil.copy(root / 'a/iter_5.pth', work / 'iter_5.pth')
-    second = run_tool(['tools/train.py', cfg, '--work-dir', work, '--resume',
-                       work / 'iter_5.pth'])
-    assert_ok(second)
+    train(cfg, work, '--resume', work / 'iter_5.pth')
     assert any(name.startswith('unstructured') for t, name in steps.items() if t >= 5)
     for t in range(6, ITERS + 1):
         for masks in (True, False):

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import REPO, TINY_CONFIG, train
 from mmsparse.core.distill import sigmoid_kd, softmax_kd
 
 
@@ -30,7 +30,7 @@ def test_kd_only_on_sparse_steps(tmp_path, tiny_data):
         train_cfg = dict(max_iters=6, val_interval=1000)
     '''))
     work = tmp_path / 'w'
-    assert_ok(run_tool(['tools/train.py', cfg, '--work-dir', work]))
+    train(cfg, work)
     rows = json.loads((work / 'loss_keys.json').read_text())
     assert len(rows) == 6
     for iteration, subnet, keys, kd in rows:

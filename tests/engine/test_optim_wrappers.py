@@ -6,7 +6,7 @@ from mmengine.config import Config
 from mmengine.logging import MessageHub
 from torch import nn
 
-from conftest import TINY_CONFIG, assert_ok, run_tool
+from conftest import TINY_CONFIG, train
 from mmsparse.core import SparseNetwork, generate_masks
 from mmsparse.engine.launch import enable_amp
 from mmsparse.engine.optimizers import SparseOptimWrapper
@@ -60,6 +60,4 @@ def test_training_with_the_sparse_wrapper(tmp_path, tiny_data):
                              gradient_correction=dict(group_size=2))
         train_cfg = dict(max_iters=3, val_interval=100)
     '''))
-    result = run_tool(['tools/train.py', cfg, '--work-dir', tmp_path / 'w'])
-    assert_ok(result)
-    assert 'Iter(train) [3/3]' in result.stdout + result.stderr
+    assert 'Iter(train) [3/3]' in train(cfg, tmp_path / 'w')

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, assert_same_tensors, run_tool, train_two_ranks
+from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, run_tool, train,
+                      train_two_ranks)
 from mmsparse.core import is_mask_key
 from mmsparse.core.patterns import keep_count
 from mmsparse.core.spartan import SpartanSchedule
@@ -31,9 +32,7 @@ def trained(tmp_path_factory, tiny_data):
         default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
         log_processor = dict(window_size=1)
     '''))
-    result = run_tool(['tools/train.py', cfg, '--work-dir', root / 'w'])
-    assert_ok(result)
-    return root, result.stdout + result.stderr
+    return root, train(cfg, root / 'w')
 
 
 def test_density_and_beta_follow_the_schedule(trained):

@@ -5,7 +5,7 @@ import textwrap
 import torch
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import REPO, TINY_CONFIG, assert_ok, run_tool, train
 
 
 def test_stage_checkpoints_and_greedy_interpolation(tmp_path, tiny_data):
@@ -21,7 +21,7 @@ def test_stage_checkpoints_and_greedy_interpolation(tmp_path, tiny_data):
         train_cfg = dict(max_iters=8, val_interval=1000)
     '''))
     work = tmp_path / 'run'
-    assert_ok(run_tool(['tools/train.py', cfg, '--work-dir', work]))
+    train(cfg, work)
     stages = sorted(p.name for p in work.glob('stage_*.pth'))
     assert stages == ['stage_1.pth', 'stage_2.pth', 'stage_3.pth']
     out = tmp_path / 'interp.pth'
@@ -32,9 +32,9 @@ def test_stage_checkpoints_and_greedy_interpolation(tmp_path, tiny_data):
     history = state['meta']['interpolation']
     assert [h[0] for h in history] == [2, 3] and all(h[1] in (0.25, 0.75) for h in history)
     split = json.loads((work / 'interpolation/heldout_train_split.json').read_text())
-    train = json.loads((tiny_data / 'annotations/instances_train.json').read_text())
+    train_ann = json.loads((tiny_data / 'annotations/instances_train.json').read_text())
     assert [im['file_name'] for im in split['images']] == [im['file_name']
-                                                           for im in train['images'][-4:]]
+                                                           for im in train_ann['images'][-4:]]
     assert all(im['file_name'].startswith('train/') for im in split['images'])
     last = torch.load(work / 'stage_3.pth', weights_only=True)['state_dict']
     key = 'backbone.layer1.0.conv1.weight'

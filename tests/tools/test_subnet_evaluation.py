@@ -6,7 +6,7 @@ import textwrap
 import matplotlib.image
 import pytest
 
-from conftest import REPO, TINY_CONFIG, assert_ok, run_tool
+from conftest import TINY_CONFIG, assert_ok, run_tool, train
 
 SUBNETS = 'dense,unstructured@0.5,channel@0.25,nm@2:4'
 NAMES = ['dense', 'unstructured@0.50', 'channel@0.25', 'nm@2:4']
@@ -30,7 +30,7 @@ def trained(tmp_path_factory, tiny_data):
         val_evaluator = dict(ann_file='{tiny_data}/' + _ann)
         test_evaluator = val_evaluator
     '''))
-    assert_ok(run_tool(['tools/train.py', cfg, '--work-dir', root / 'train']))
+    train(cfg, root / 'train')
     dense = root / 'train/iter_200.pth'
     sparse = root / 'sparse.pth'
     assert_ok(run_tool(['tools/misc/attach_masks.py', cfg, dense, '--subnets', SUBNETS,
