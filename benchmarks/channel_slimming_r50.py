@@ -21,6 +21,17 @@ so each of the 1000 proposals scores about 0.65 for it: MMDetection's own post-p
 100 RoIs as for a busy real image. (Setting ``score_thr=0`` instead would push all 80,000
 class boxes through NMS, a cost no trained model pays.)
 
+``--same-boxes`` gives every model the same proposals and detections. Without it each
+exported model proposes its own boxes, and with random weights the dense model and a slimmed
+one are two unrelated random networks whose proposals differ in size; RoIAlign's CPU cost
+grows with the RoI's area (its sampling grid is adaptive, ``sampling_ratio=0``), so the
+models then do different amounts of RoI work for reasons that have nothing to do with their
+width. (A trained subnet shares its weights with the dense network and proposes similar
+boxes.) The option zeroes the weights, not the biases, of the RPN's objectness and box
+regression convs and of the box head's classifier and regressor, after the masks are made:
+every anchor gets the same score and no offset, so the proposals are the same anchors in
+every model, and so are the 100 detections. Those layers still run at full cost.
+
 ``--channel-groups`` builds the subnets with ``SparseSubnetsHook(channel_groups=True)``'s
 analysis: the residual streams and the FPN's channels are removable too (kept equal across
 each group), so RoIAlign, the RPN conv's and the RoI heads' inputs shrink with them.
@@ -31,6 +42,8 @@ Usage (from the repository root)::
         --out benchmarks/results/channel_slimming_r50.json
     python benchmarks/channel_slimming_r50.py --size 512 --repeat 10 --channel-groups \\
         --out benchmarks/results/channel_slimming_r50_groups.json
+    python benchmarks/channel_slimming_r50.py --size 512 --repeat 10 --channel-groups \\
+        --same-boxes --out benchmarks/results/channel_slimming_r50_groups_same_boxes.json
 """
 import argparse
 import json
@@ -61,6 +74,17 @@ PARTS = {'detector': None, 'features': ('backbone.', 'neck.'), 'backbone': ('bac
 WEIGHTED_OPS = ('conv', 'addmm', 'aten::mm', 'aten::bmm', 'aten::matmul')
 
 
+def fix_boxes(model):
+    """Same proposals and detections in every exported model (``--same-boxes``, docstring).
+
+    Zeroes the weights (biases kept) of the four layers that turn features into box scores
+    and offsets; the slimmed models copy them, and their inputs are all that slimming changes.
+    """
+    rpn, bbox = model.rpn_head, model.roi_head.bbox_head
+    for layer in (rpn.rpn_cls, rpn.rpn_reg, bbox.fc_cls, bbox.fc_reg):
+        layer.weight.zero_()
+
+
 def weighted_share(fn, top=6):
     """Where one profiled call spends its time, by operator self time.
 
@@ -87,6 +111,9 @@ def main():
     parser.add_argument('--channel-groups', action='store_true',
                         help='also remove channels shared by several layers (residual '
                         'streams, FPN outputs)')
+    parser.add_argument('--same-boxes', action='store_true',
+                        help='identical proposals and detections in every model (zeroes the '
+                        'box scoring layers\' weights after the masks are made)')
     parser.add_argument('--out', help='write the figures as JSON')
     args = parser.parse_args()
     if args.threads:
@@ -101,6 +128,8 @@ def main():
     with torch.enable_grad():
         network = sparsify_detector(model, channel_groups=args.channel_groups)
     generate_masks(network, [DENSE, *SUBNETS])
+    if args.same_boxes:
+        fix_boxes(model)
     model.eval()
     packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, args.size, args.size)],
                             num_items=[1], num_classes=2, with_mask=False)
@@ -148,6 +177,7 @@ def main():
             figures[f'{tag}_{part}_measured_speedup'] = measured
             figures[f'{tag}_{part}_efficiency'] = measured / ideal
     figures = dict(image=args.size, channel_groups=args.channel_groups,
+                   same_boxes=args.same_boxes,
                    threads=torch.get_num_threads(), repeat=args.repeat,
                    warmup=args.warmup, load_avg_before=list(load_before),
                    load_avg_after=list(os.getloadavg()), **dict(sorted(figures.items())))
