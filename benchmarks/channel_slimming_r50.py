@@ -44,6 +44,8 @@ Usage (from the repository root)::
         --out benchmarks/results/channel_slimming_r50_groups.json
     python benchmarks/channel_slimming_r50.py --size 512 --repeat 10 --channel-groups \\
         --same-boxes --out benchmarks/results/channel_slimming_r50_groups_same_boxes.json
+    python benchmarks/channel_slimming_r50.py --size 800 1333 --repeat 10 --threads 1 \\
+        --channel-groups --same-boxes --out benchmarks/results/channel_slimming_r50_coco_size.json
 """
 import argparse
 import json
@@ -104,7 +106,9 @@ def weighted_share(fn, top=6):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--size', type=int, default=512, help='square input image side')
+    parser.add_argument('--size', type=int, nargs='+', default=[512],
+                        help='input image side (square), or height and width; '
+                        "800 1333 is the size MMDetection's COCO test pipeline resizes to")
     parser.add_argument('--repeat', type=int, default=10, help='timed runs per model and part')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs per model and part')
     parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's)")
@@ -120,6 +124,9 @@ def main():
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     load_before = os.getloadavg()
+    if len(args.size) > 2:
+        parser.error('--size takes one side (square) or a height and a width')
+    height, width = args.size * 2 if len(args.size) == 1 else args.size
 
     MMLogger.get_current_instance().setLevel('WARNING')  # no init_weights log per parameter
     model = build_model()
@@ -131,7 +138,7 @@ def main():
     if args.same_boxes:
         fix_boxes(model)
     model.eval()
-    packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, args.size, args.size)],
+    packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, height, width)],
                             num_items=[1], num_classes=2, with_mask=False)
     # MACs per layer on this image, with the dense network's proposals and detections.
     network.set_active(DENSE)
@@ -176,7 +183,7 @@ def main():
             figures[f'{tag}_{part}_ideal_speedup'] = ideal
             figures[f'{tag}_{part}_measured_speedup'] = measured
             figures[f'{tag}_{part}_efficiency'] = measured / ideal
-    figures = dict(image=args.size, channel_groups=args.channel_groups,
+    figures = dict(image=[height, width], channel_groups=args.channel_groups,
                    same_boxes=args.same_boxes,
                    threads=torch.get_num_threads(), repeat=args.repeat,
                    warmup=args.warmup, load_avg_before=list(load_before),
