@@ -45,7 +45,8 @@ Usage (from the repository root)::
     python benchmarks/channel_slimming_r50.py --size 512 --repeat 10 --channel-groups \\
         --same-boxes --out benchmarks/results/channel_slimming_r50_groups_same_boxes.json
     python benchmarks/channel_slimming_r50.py --size 800 1333 --repeat 10 --threads 1 \\
-        --channel-groups --same-boxes --out benchmarks/results/channel_slimming_r50_coco_size.json
+        --channel-groups --same-boxes \\
+        --out benchmarks/results/channel_slimming_r50_coco_size_groups.json
 """
 import argparse
 import json
