@@ -1,5 +1,5 @@
-"""Time per training iteration: Sparse Cocktail co-training (without and with distillation)
-vs plain MMDetection training.
+"""Time per training iteration: Sparse Cocktail co-training (plain, with distillation, with
+the joint dense loss) vs plain MMDetection training.
 
 Same model, data, batch and iterations; both through ``tools/train.py``. Per-iteration times
 come from mmengine's own log (``time``, logged every iteration), medians after a warm-up.
@@ -11,6 +11,7 @@ Usage::
     python benchmarks/cocktail_overhead.py [--iters 60] [--out results.json]
 """
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 DENSE = REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes.py'
 COCKTAIL = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'
 COCKTAIL_KD = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-kd_shapes.py'
+COCKTAIL_JOINT = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint_shapes.py'
+VARIANTS = ('cocktail', 'cocktail_kd', 'cocktail_joint')
 
 
 def run(config, iters, work_dir):
@@ -49,14 +52,14 @@ def main():
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in (('dense', DENSE), ('cocktail', COCKTAIL),
-                             ('cocktail_kd', COCKTAIL_KD)):
+                             ('cocktail_kd', COCKTAIL_KD), ('cocktail_joint', COCKTAIL_JOINT)):
             times, log = run(config, args.iters, Path(tmp, name))
             steady = times[args.warmup:]
             figures[f'{name}_median_s'] = statistics.median(steady)
             figures[f'{name}_mean_s'] = statistics.mean(steady)
             if name == 'cocktail':
                 figures['cocktail_regenerations'] = len(re.findall('masks regenerated', log))
-    for name in ('cocktail', 'cocktail_kd'):
+    for name in VARIANTS:
         for stat in ('median', 'mean'):
             figures[f'{name}_{stat}_ratio'] = (figures[f'{name}_{stat}_s']
                                                / figures[f'dense_{stat}_s'])

@@ -14,9 +14,10 @@ from mmsparse.core.batchnorm import batchnorms
 from mmsparse.core.distill import sigmoid_kd, softmax_kd
 
 
-def _scale(value, factor):
+def scale_loss(value, factor):
+    """``value * factor`` for a loss tensor or a list/tuple of them (per-level losses)."""
     if isinstance(value, (list, tuple)):
-        return type(value)(_scale(v, factor) for v in value)
+        return type(value)(scale_loss(v, factor) for v in value)
     return value * factor
 
 
@@ -106,7 +107,7 @@ class DenseDistiller:
         kd = sum(terms) / len(terms)
         if 'roi' in teacher:
             kd = kd + softmax_kd(self._capture['roi'], teacher['roi'], self.temperature)
-        losses = {k: (_scale(v, 1 - self.weight) if 'loss' in k else v)
+        losses = {k: (scale_loss(v, 1 - self.weight) if 'loss' in k else v)
                   for k, v in output.items()}
         losses['loss_kd'] = self.weight * kd
         self._capture = {}

@@ -7,7 +7,7 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class LossKeysHook(Hook):
-    """Write ``work_dir/loss_keys.json``: [[iter, subnet, sorted loss keys, loss_kd]]."""
+    """Write ``work_dir/loss_keys.json``: [[iter, subnet, sorted keys holding 'loss', loss_kd]]."""
 
     priority = 'LOWEST'
 
@@ -16,7 +16,7 @@ class LossKeysHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         model = getattr(runner.model, 'module', runner.model)
-        keys = sorted(k for k in outputs if k.startswith('loss'))
+        keys = sorted(k for k in outputs if 'loss' in k)
         self.rows.append([runner.iter, model._mmsparse_network.active.name, keys,
                           float(outputs.get('loss_kd', 0.0))])
 

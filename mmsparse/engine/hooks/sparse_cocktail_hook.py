@@ -4,6 +4,7 @@ from mmengine.hooks import Hook
 from mmsparse.core import DENSE
 from mmsparse.core.schedules import RATIO_MODES, cocktail_step, stage_at
 from mmsparse.models.distill import DenseDistiller
+from mmsparse.models.joint_dense import JointDenseLoss, dense_part
 from mmsparse.registry import HOOKS
 from .mask_sources import CocktailMaskSources
 from .sparse_subnets_hook import broadcast_masks, required_network, unwrap
@@ -49,6 +50,12 @@ class SparseCocktailHook(Hook):
             ``dict(channel=dict(type='chase', beta=0.3))``; unnamed patterns (and None, the
             default) use UMG. See :mod:`mmsparse.engine.hooks.mask_sources` and
             ``docs/mask_sources.md``.
+        joint_dense: True or e.g. ``dict(weight=1.0)``: every iteration trains one sparse
+            subnet *and* the dense network (a second loss forward with the dense network
+            active, one backward and one step: the sandwich rule), instead of dense steps
+            every other iteration. The dense subnet gets every update; each iteration costs
+            about twice as much. Implies ``dense_pivot=False``; not combinable with
+            ``distill``. See :mod:`mmsparse.models.joint_dense`. None: off (the paper).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
@@ -56,9 +63,17 @@ class SparseCocktailHook(Hook):
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
                  stage_power=3, ratio_mode='current', regenerate_masks=True, seed=0,
                  dense_pivot=True, distill=None, save_stage_checkpoints=False,
-                 fixed_stage=None, mask_sources=None):
+                 fixed_stage=None, mask_sources=None, joint_dense=None):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
+        if joint_dense and distill:
+            raise ValueError('SparseCocktailHook: joint_dense and distill cannot be combined '
+                             '(both add a dense pass to sparse steps); choose one')
+        self.joint_dense = (dict(joint_dense) if isinstance(joint_dense, dict)
+                            else {} if joint_dense else None)
+        self.joint = None
+        if self.joint_dense is not None:
+            dense_pivot = False  # the dense network trains inside every iteration
         self.patterns = None if patterns is None else tuple(patterns)
         self.num_stages = num_stages
         self.schedule = dict(start=stage_start, end=stage_end, power=stage_power)
@@ -94,6 +109,8 @@ class SparseCocktailHook(Hook):
         self.max_iters = runner.max_iters
         if self.distill and self.distiller is None:
             self.distiller = DenseDistiller(unwrap(runner.model), network, **self.distill)
+        if self.joint_dense is not None and self.joint is None:
+            self.joint = JointDenseLoss(unwrap(runner.model), network, **self.joint_dense)
         # The stage of the last completed iteration: a resumed run regenerates at the next
         # boundary exactly where an uninterrupted run would.
         self.stage = self.stage_at(max(runner.iter - 1, 0))
@@ -132,8 +149,9 @@ class SparseCocktailHook(Hook):
         self.current = self.step_at(runner.iter)
         network.set_active(self.current)
         self.sources.before_step(runner, network, self.current)
-        if self.distiller is not None:
-            self.distiller.step(self.current)
+        for extra in (self.distiller, self.joint):
+            if extra is not None:
+                extra.step(self.current)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.sources.after_step(self._network(runner))
@@ -141,11 +159,16 @@ class SparseCocktailHook(Hook):
         hub.update_scalar('train/stage', self.stage)
         if outputs is not None and 'loss' in outputs:
             loss = outputs['loss']
-            hub.update_scalar(f'train/loss_{self.current.pattern}',
-                              float(loss.detach()) if hasattr(loss, 'detach') else float(loss))
+            loss = float(loss.detach()) if hasattr(loss, 'detach') else float(loss)
+            if self.joint is not None and self.current != DENSE:
+                dense = dense_part(outputs)
+                hub.update_scalar('train/loss_dense', dense)
+                loss -= dense
+            hub.update_scalar(f'train/loss_{self.current.pattern}', loss)
         if self.every_n_train_iters(runner, runner.log_processor.window_size):
-            runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name} '
-                               f'(stage {self.stage}/{self.stages})')
+            joint = ' and dense' if self.joint is not None and self.current != DENSE else ''
+            runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name}'
+                               f'{joint} (stage {self.stage}/{self.stages})')
 
     def _save_stage(self, runner):
         """The weights (and masks) at the end of the current stage."""

@@ -1,0 +1,109 @@
+"""The joint dense loss: every sparse step also trains the dense network (one backward)."""
+import json
+import textwrap
+
+import pytest
+import torch
+from mmdet.registry import MODELS
+from mmdet.testing import demo_mm_inputs
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+
+from conftest import REPO, TINY_CONFIG, assert_same_tensors, train, train_two_ranks
+from mmsparse.core import MaskSpec, generate_masks
+from mmsparse.models import sparsify_detector
+from mmsparse.models.joint_dense import JointDenseLoss
+
+
+def _network():
+    register_all_modules()
+    torch.manual_seed(0)
+    network = sparsify_detector(MODELS.build(Config.fromfile(str(TINY_CONFIG)).model))
+    generate_masks(network, ['unstructured@0.50'], MaskSpec())
+    return network
+
+
+def _pruned_weight_grad(network, joint):
+    """Loss keys, and the gradient on the weights unstructured@0.50 removes, of one loss
+    forward/backward with that subnet active."""
+    model = network.model
+    if joint:
+        JointDenseLoss(model, network).step(network.set_active('unstructured@0.50'))
+    else:
+        network.set_active('unstructured@0.50')
+    packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 64)], num_items=[2],
+                            num_classes=2, with_mask=True)
+    for sample in packed['data_samples']:
+        sample.gt_instances.labels.zero_()
+    torch.manual_seed(1)
+    losses = model(**model.data_preprocessor(packed, True), mode='loss')
+    total, _ = model.parse_losses(losses)
+    model.zero_grad()
+    total.backward()
+    name, layer = next((n, m) for n, m in network.layers.items() if 'backbone.layer2' in n)
+    removed = layer.mask_for(network.active) == 0
+    assert network.active.name == 'unstructured@0.50'  # the dense pass switched back
+    return sorted(losses), layer.dense_weight.grad[removed], name
+
+
+def test_dense_losses_are_added_and_reach_the_weights_the_subnet_removes():
+    keys, grad, name = _pruned_weight_grad(_network(), joint=False)
+    assert not any(k.startswith('dense.') for k in keys)
+    assert grad.abs().max() == 0, name  # the masked forward cannot reach removed weights
+    keys, grad, name = _pruned_weight_grad(_network(), joint=True)
+    task = [k for k in keys if not k.startswith('dense.')]
+    assert [k for k in keys if k.startswith('dense.')] == [f'dense.{k}' for k in task]
+    assert grad.abs().max() > 0, name  # ... the dense pass in the same backward does
+
+
+def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iteration(
+        tmp_path, tiny_data):
+    cfg = tmp_path / 'joint.py'
+    cfg.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
+        custom_imports = dict(imports=['loss_keys_hook'])
+        custom_hooks = [
+            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
+            dict(type='mmsparse.SparseCocktailHook', joint_dense=True),
+            dict(type='LossKeysHook'),
+        ]
+        train_cfg = dict(max_iters=3, val_interval=1000)
+        default_hooks = dict(logger=dict(interval=1))
+        log_processor = dict(window_size=1)
+    '''))
+    work = tmp_path / 'w'
+    log = train(cfg, work)
+    rows = json.loads((work / 'loss_keys.json').read_text())
+    # no dense-only steps: U, C, NM, each with the dense losses alongside
+    assert [r[1].split('@')[0] for r in rows] == ['unstructured', 'channel', 'nm']
+    for _, _, keys, _ in rows:
+        assert 'dense.loss_rpn_cls' in keys and 'loss_rpn_cls' in keys
+    assert 'loss_dense:' in log and 'trained nm@' in log and ' and dense (stage' in log
+
+
+def test_two_gloo_processes_keep_the_same_weights(tmp_path, tiny_data):
+    """DDP synchronises the gradients of both passes (the dense one runs inside DDP's
+    forward): the ranks see different images, yet end with equal weights."""
+    cfg = tmp_path / 'joint_ddp.py'
+    cfg.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
+        custom_imports = dict(imports=['rank_weight_dump_hook'])
+        custom_hooks = [
+            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
+            dict(type='mmsparse.SparseCocktailHook', joint_dense=True),
+            dict(type='RankWeightDumpHook'),
+        ]
+        train_cfg = dict(max_iters=3, val_interval=1000)
+        default_hooks = dict(checkpoint=dict(interval=1000))
+    '''))
+    _, _, (p0, p1) = train_two_ranks(cfg, tmp_path / 'work', 29677)
+    assert p0['wrapper'] == 'MMDistributedDataParallel' and p0['iter'] == 3
+    assert_same_tensors(p0['params'], p1['params'])
+
+
+def test_joint_dense_and_distillation_together_are_an_error():
+    from mmsparse.engine.hooks.sparse_cocktail_hook import SparseCocktailHook
+    with pytest.raises(ValueError, match='joint_dense and distill cannot be combined'):
+        SparseCocktailHook(joint_dense=True, distill=dict(weight=0.5))
+    with pytest.raises(ValueError, match='joint dense loss weight must be > 0'):
+        JointDenseLoss(None, None, weight=0)
