@@ -22,11 +22,13 @@ from pathlib import Path
 from report import report_figures  # benchmarks/report.py (scripts run from here)
 
 REPO = Path(__file__).resolve().parents[1]
-DENSE = REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes.py'
-COCKTAIL = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'
-COCKTAIL_KD = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-kd_shapes.py'
-COCKTAIL_JOINT = REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint_shapes.py'
-VARIANTS = ('cocktail', 'cocktail_kd', 'cocktail_joint')
+# 'dense' is the reference every other entry's ratio is taken against.
+CONFIGS = {
+    'dense': REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes.py',
+    'cocktail': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py',
+    'cocktail_kd': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-kd_shapes.py',
+    'cocktail_joint': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint_shapes.py',
+}
 
 
 def run(config, iters, work_dir):
@@ -51,15 +53,14 @@ def main():
     args = parser.parse_args()
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, config in (('dense', DENSE), ('cocktail', COCKTAIL),
-                             ('cocktail_kd', COCKTAIL_KD), ('cocktail_joint', COCKTAIL_JOINT)):
+        for name, config in CONFIGS.items():
             times, log = run(config, args.iters, Path(tmp, name))
             steady = times[args.warmup:]
             figures[f'{name}_median_s'] = statistics.median(steady)
             figures[f'{name}_mean_s'] = statistics.mean(steady)
             if name == 'cocktail':
                 figures['cocktail_regenerations'] = len(re.findall('masks regenerated', log))
-    for name in VARIANTS:
+    for name in (n for n in CONFIGS if n != 'dense'):
         for stat in ('median', 'mean'):
             figures[f'{name}_{stat}_ratio'] = (figures[f'{name}_{stat}_s']
                                                / figures[f'dense_{stat}_s'])

@@ -3,6 +3,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,29 @@ def assert_ok(result):
     """Fail with the tool's own output when it exited non-zero."""
     assert result.returncode == 0, (f'exit {result.returncode}\nSTDOUT:\n{result.stdout[-4000:]}'
                                     f'\nSTDERR:\n{result.stderr[-6000:]}')
+
+
+def tiny_cocktail_config(path, cocktail_args, helper_module, helper_hook, extra=''):
+    """Write a Sparse Cocktail config of the tests' tiny detector to ``path`` and return it.
+
+    Args:
+        path: The config file to write.
+        cocktail_args: ``SparseCocktailHook``'s keyword arguments as config source text,
+            e.g. ``"joint_dense=True"``.
+        helper_module: The tests/helpers module to import, e.g. ``'loss_keys_hook'``.
+        helper_hook: The hook it registers, added after the two mmsparse hooks.
+        extra: More config lines (e.g. ``train_cfg``), appended as written.
+    """
+    path.write_text(textwrap.dedent(f'''
+        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
+        custom_imports = dict(imports=['{helper_module}'])
+        custom_hooks = [
+            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
+            dict(type='mmsparse.SparseCocktailHook', {cocktail_args}),
+            dict(type='{helper_hook}'),
+        ]
+    ''') + textwrap.dedent(extra))
+    return path
 
 
 def train(cfg, work, *args):

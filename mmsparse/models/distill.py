@@ -14,6 +14,12 @@ from mmsparse.core.batchnorm import batchnorms
 from mmsparse.core.distill import sigmoid_kd, softmax_kd
 
 
+def forward_mode(args, kwargs):
+    """The ``mode`` of an MMDetection detector call ``model(inputs, data_samples, mode)``,
+    from a forward hook's ``args``/``kwargs`` (``'tensor'``, the default, when not given)."""
+    return kwargs.get('mode', args[2] if len(args) > 2 else 'tensor')
+
+
 def scale_loss(value, factor):
     """``value * factor`` for a loss tensor or a list/tuple of them (per-level losses)."""
     if isinstance(value, (list, tuple)):
@@ -95,8 +101,7 @@ class DenseDistiller:
             self.network.set_active(active)
 
     def _add_kd(self, module, args, kwargs, output):
-        mode = kwargs.get('mode', args[2] if len(args) > 2 else 'tensor')
-        if not self.enabled or mode != 'loss' or not self._capture:
+        if not self.enabled or forward_mode(args, kwargs) != 'loss' or not self._capture:
             return output
         teacher = self._teacher(kwargs.get('inputs', args[0] if args else None),
                                 self.network.active)

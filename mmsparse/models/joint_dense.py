@@ -11,7 +11,7 @@ slimmable networks' "sandwich rule". Each iteration costs about two forward/back
 passes. No MMDetection code changes; the hook fires inside DDP's forward.
 """
 from mmsparse.core import DENSE
-from .distill import scale_loss
+from .distill import forward_mode, scale_loss
 
 PREFIX = 'dense.'
 
@@ -38,8 +38,7 @@ class JointDenseLoss:
         self.enabled = spec != DENSE
 
     def _add_dense(self, module, args, kwargs, output):
-        mode = kwargs.get('mode', args[2] if len(args) > 2 else 'tensor')
-        if not self.enabled or self._inside or mode != 'loss':
+        if not self.enabled or self._inside or forward_mode(args, kwargs) != 'loss':
             return output
         active = self.network.active
         self._inside = True

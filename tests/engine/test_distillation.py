@@ -1,11 +1,10 @@
 """Distillation from the dense network: a KD term on sparse steps only."""
 import json
-import textwrap
 
 import pytest
 import torch
 
-from conftest import REPO, TINY_CONFIG, train
+from conftest import tiny_cocktail_config, train
 from mmsparse.core.distill import sigmoid_kd, softmax_kd
 
 
@@ -18,17 +17,10 @@ def test_kd_terms_are_zero_for_identical_teacher_and_positive_otherwise():
 
 
 def test_kd_only_on_sparse_steps(tmp_path, tiny_data):
-    cfg = tmp_path / 'kd.py'
-    cfg.write_text(textwrap.dedent(f'''
-        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
-        custom_imports = dict(imports=['loss_keys_hook'])
-        custom_hooks = [
-            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-            dict(type='mmsparse.SparseCocktailHook', distill=dict(weight=0.5)),
-            dict(type='LossKeysHook'),
-        ]
+    cfg = tiny_cocktail_config(tmp_path / 'kd.py', 'distill=dict(weight=0.5)',
+                               'loss_keys_hook', 'LossKeysHook', '''
         train_cfg = dict(max_iters=6, val_interval=1000)
-    '''))
+    ''')
     work = tmp_path / 'w'
     train(cfg, work)
     rows = json.loads((work / 'loss_keys.json').read_text())

@@ -1,6 +1,5 @@
 """The joint dense loss: every sparse step also trains the dense network (one backward)."""
 import json
-import textwrap
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from conftest import REPO, TINY_CONFIG, assert_same_tensors, train, train_two_ranks
+from conftest import TINY_CONFIG, assert_same_tensors, tiny_cocktail_config, train, train_two_ranks
 from mmsparse.core import MaskSpec, generate_masks
 from mmsparse.models import sparsify_detector
 from mmsparse.models.joint_dense import JointDenseLoss
@@ -58,19 +57,12 @@ def test_dense_losses_are_added_and_reach_the_weights_the_subnet_removes():
 
 def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iteration(
         tmp_path, tiny_data):
-    cfg = tmp_path / 'joint.py'
-    cfg.write_text(textwrap.dedent(f'''
-        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
-        custom_imports = dict(imports=['loss_keys_hook'])
-        custom_hooks = [
-            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-            dict(type='mmsparse.SparseCocktailHook', joint_dense=True),
-            dict(type='LossKeysHook'),
-        ]
+    cfg = tiny_cocktail_config(tmp_path / 'joint.py', 'joint_dense=True', 'loss_keys_hook',
+                               'LossKeysHook', '''
         train_cfg = dict(max_iters=3, val_interval=1000)
         default_hooks = dict(logger=dict(interval=1))
         log_processor = dict(window_size=1)
-    '''))
+    ''')
     work = tmp_path / 'w'
     log = train(cfg, work)
     rows = json.loads((work / 'loss_keys.json').read_text())
@@ -84,18 +76,11 @@ def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iterat
 def test_two_gloo_processes_keep_the_same_weights(tmp_path, tiny_data):
     """DDP synchronises the gradients of both passes (the dense one runs inside DDP's
     forward): the ranks see different images, yet end with equal weights."""
-    cfg = tmp_path / 'joint_ddp.py'
-    cfg.write_text(textwrap.dedent(f'''
-        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
-        custom_imports = dict(imports=['rank_weight_dump_hook'])
-        custom_hooks = [
-            dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-            dict(type='mmsparse.SparseCocktailHook', joint_dense=True),
-            dict(type='RankWeightDumpHook'),
-        ]
+    cfg = tiny_cocktail_config(tmp_path / 'joint_ddp.py', 'joint_dense=True',
+                               'rank_weight_dump_hook', 'RankWeightDumpHook', '''
         train_cfg = dict(max_iters=3, val_interval=1000)
         default_hooks = dict(checkpoint=dict(interval=1000))
-    '''))
+    ''')
     _, _, (p0, p1) = train_two_ranks(cfg, tmp_path / 'work', 29677)
     assert p0['wrapper'] == 'MMDistributedDataParallel' and p0['iter'] == 3
     assert_same_tensors(p0['params'], p1['params'])

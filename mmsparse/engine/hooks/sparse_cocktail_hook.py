@@ -157,18 +157,19 @@ class SparseCocktailHook(Hook):
         self.sources.after_step(self._network(runner))
         hub = runner.message_hub
         hub.update_scalar('train/stage', self.stage)
+        joint = self.joint is not None and self.current != DENSE
         if outputs is not None and 'loss' in outputs:
             loss = outputs['loss']
             loss = float(loss.detach()) if hasattr(loss, 'detach') else float(loss)
-            if self.joint is not None and self.current != DENSE:
+            if joint:
                 dense = dense_part(outputs)
                 hub.update_scalar('train/loss_dense', dense)
                 loss -= dense
             hub.update_scalar(f'train/loss_{self.current.pattern}', loss)
         if self.every_n_train_iters(runner, runner.log_processor.window_size):
-            joint = ' and dense' if self.joint is not None and self.current != DENSE else ''
+            also = ' and dense' if joint else ''
             runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name}'
-                               f'{joint} (stage {self.stage}/{self.stages})')
+                               f'{also} (stage {self.stage}/{self.stages})')
 
     def _save_stage(self, runner):
         """The weights (and masks) at the end of the current stage."""
