@@ -1,5 +1,5 @@
 """Time per training iteration: Sparse Cocktail co-training (plain, with distillation, with
-the joint dense loss) vs plain MMDetection training.
+the joint dense loss on the same or on split batches) vs plain MMDetection training.
 
 Same model, data, batch and iterations; both through ``tools/train.py``. Per-iteration times
 come from mmengine's own log (``time``, logged every iteration), medians after a warm-up.
@@ -9,6 +9,7 @@ benchmark runs few iterations, so their share here would overstate a real run's.
 Usage::
 
     python benchmarks/cocktail_overhead.py [--iters 60] [--out results.json]
+        [--configs cocktail cocktail_joint_split]   # a subset (dense always runs)
 """
 import argparse
 import json
@@ -28,6 +29,8 @@ CONFIGS = {
     'cocktail': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py',
     'cocktail_kd': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-kd_shapes.py',
     'cocktail_joint': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint_shapes.py',
+    'cocktail_joint_split':
+        REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint-split_shapes.py',
 }
 
 
@@ -50,17 +53,21 @@ def main():
     parser.add_argument('--iters', type=int, default=60)
     parser.add_argument('--warmup', type=int, default=10)
     parser.add_argument('--out')
+    parser.add_argument('--configs', nargs='+', choices=[n for n in CONFIGS if n != 'dense'],
+                        help='time only these against dense (default: all)')
     args = parser.parse_args()
+    chosen = {n: c for n, c in CONFIGS.items() if n == 'dense' or args.configs is None
+              or n in args.configs}
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, config in CONFIGS.items():
+        for name, config in chosen.items():
             times, log = run(config, args.iters, Path(tmp, name))
             steady = times[args.warmup:]
             figures[f'{name}_median_s'] = statistics.median(steady)
             figures[f'{name}_mean_s'] = statistics.mean(steady)
             if name == 'cocktail':
                 figures['cocktail_regenerations'] = len(re.findall('masks regenerated', log))
-    for name in (n for n in CONFIGS if n != 'dense'):
+    for name in (n for n in chosen if n != 'dense'):
         for stat in ('median', 'mean'):
             figures[f'{name}_{stat}_ratio'] = (figures[f'{name}_{stat}_s']
                                                / figures[f'dense_{stat}_s'])

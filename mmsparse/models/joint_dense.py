@@ -5,15 +5,40 @@ task is far from converged at the iteration budget, half the dense updates cost 
 subnet much more accuracy than the sparse steps give back (docs/results.md, 1024 training
 images). With the joint dense loss every iteration trains one sparse subnet *and* the dense
 network: a forward hook on the detector runs MMDetection's loss forward a second time with
-the dense network active, on the same batch, and adds its losses under ``dense.<key>``.
-One backward goes through both passes and the optimizer takes one step, as in the
-slimmable networks' "sandwich rule". Each iteration costs about two forward/backward
-passes. No MMDetection code changes; the hook fires inside DDP's forward.
+the dense network active and adds its losses under ``dense.<key>``. One backward goes
+through both passes and the optimizer takes one step, as in the slimmable networks'
+"sandwich rule". No MMDetection code changes; the hooks fire inside DDP's forward.
+
+Two ways to feed the passes:
+
+- same batch (default): both passes see the whole batch; an iteration costs about two
+  forward/backward passes;
+- ``split_batch=True``: a forward pre-hook gives the sparse pass the first half of the
+  batch and the dense pass the second half, so an iteration costs about one pass over the
+  batch, as in plain training. Each network then sees half the images per update, but
+  gets an update every iteration.
 """
 from mmsparse.core import DENSE
 from .distill import forward_mode, scale_loss
 
 PREFIX = 'dense.'
+
+
+def batch_of(args, kwargs):
+    """``(inputs, data_samples)`` of a detector call ``model(inputs, data_samples, mode)``."""
+    return tuple(kwargs[key] if key in kwargs else args[pos]
+                 for pos, key in ((0, 'inputs'), (1, 'data_samples')))
+
+
+def with_batch(args, kwargs, inputs, data_samples):
+    """The call's ``(args, kwargs)`` with its inputs and data samples replaced."""
+    args, kwargs = list(args), dict(kwargs)
+    for pos, key, value in ((0, 'inputs', inputs), (1, 'data_samples', data_samples)):
+        if key in kwargs:
+            kwargs[key] = value
+        else:
+            args[pos] = value
+    return tuple(args), kwargs
 
 
 class JointDenseLoss:
@@ -23,23 +48,46 @@ class JointDenseLoss:
         model: The (unwrapped) MMDetection detector.
         network: Its :class:`~mmsparse.core.SparseNetwork`.
         weight: Factor of the dense losses (1.0: plain sum, as in the sandwich rule).
+        split_batch: Feed the sparse pass the first half of each batch and the dense pass
+            the second half (about the cost of one pass) instead of the whole batch to both.
+            Needs at least 2 images per batch and process.
     """
 
-    def __init__(self, model, network, weight=1.0):
+    def __init__(self, model, network, weight=1.0, split_batch=False):
         if not weight > 0:
             raise ValueError(f'joint dense loss weight must be > 0, got {weight}')
-        self.network, self.weight = network, weight
+        self.network, self.weight, self.split_batch = network, weight, split_batch
         self.enabled = False
         self._inside = False  # the dense pass re-enters the detector's forward
+        self._dense_call = None  # split_batch: the dense pass's (args, kwargs)
+        if split_batch:
+            model.register_forward_pre_hook(self._split, with_kwargs=True)
         model.register_forward_hook(self._add_dense, with_kwargs=True)
 
     def step(self, spec):
         """Arm for the coming iteration: the dense pass only when a sparse subnet trains."""
         self.enabled = spec != DENSE
 
+    def _armed(self, args, kwargs):
+        return self.enabled and not self._inside and forward_mode(args, kwargs) == 'loss'
+
+    def _split(self, module, args, kwargs):
+        if not self._armed(args, kwargs):
+            return None
+        inputs, samples = batch_of(args, kwargs)
+        if len(samples) < 2:
+            raise ValueError(f'joint dense loss with split_batch=True needs at least 2 images '
+                             f'per batch and process, got a batch of {len(samples)}: raise '
+                             f'train_dataloader.batch_size or set split_batch=False')
+        half = len(samples) // 2
+        self._dense_call = with_batch(args, kwargs, inputs[half:], samples[half:])
+        return with_batch(args, kwargs, inputs[:half], samples[:half])
+
     def _add_dense(self, module, args, kwargs, output):
-        if not self.enabled or self._inside or forward_mode(args, kwargs) != 'loss':
+        if not self._armed(args, kwargs):
             return output
+        if self.split_batch:
+            (args, kwargs), self._dense_call = self._dense_call, None
         active = self.network.active
         self._inside = True
         self.network.set_active(DENSE)

@@ -22,6 +22,15 @@ def _network():
     return network
 
 
+def _packed(batch_size):
+    """A demo batch of 64x64 images with two instances of class 0 each."""
+    packed = demo_mm_inputs(batch_size=batch_size, image_shapes=[(3, 64, 64)] * batch_size,
+                            num_items=[2] * batch_size, num_classes=2, with_mask=True)
+    for sample in packed['data_samples']:
+        sample.gt_instances.labels.zero_()
+    return packed
+
+
 def _pruned_weight_grad(network, joint):
     """Loss keys, and the gradient on the weights unstructured@0.50 removes, of one loss
     forward/backward with that subnet active."""
@@ -30,12 +39,8 @@ def _pruned_weight_grad(network, joint):
         JointDenseLoss(model, network).step(network.set_active('unstructured@0.50'))
     else:
         network.set_active('unstructured@0.50')
-    packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 64)], num_items=[2],
-                            num_classes=2, with_mask=True)
-    for sample in packed['data_samples']:
-        sample.gt_instances.labels.zero_()
     torch.manual_seed(1)
-    losses = model(**model.data_preprocessor(packed, True), mode='loss')
+    losses = model(**model.data_preprocessor(_packed(1), True), mode='loss')
     total, _ = model.parse_losses(losses)
     model.zero_grad()
     total.backward()
@@ -55,9 +60,11 @@ def test_dense_losses_are_added_and_reach_the_weights_the_subnet_removes():
     assert grad.abs().max() > 0, name  # ... the dense pass in the same backward does
 
 
+@pytest.mark.parametrize('split', [False, True])
 def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iteration(
-        tmp_path, tiny_data):
-    cfg = tiny_cocktail_config(tmp_path / 'joint.py', 'joint_dense=True', 'loss_keys_hook',
+        tmp_path, tiny_data, split):
+    cfg = tiny_cocktail_config(tmp_path / 'joint.py', f'joint_dense=dict(split_batch={split})',
+                               'loss_keys_hook',
                                'LossKeysHook', '''
         train_cfg = dict(max_iters=3, val_interval=1000)
         default_hooks = dict(logger=dict(interval=1))
@@ -70,7 +77,28 @@ def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iterat
     assert [r[1].split('@')[0] for r in rows] == ['unstructured', 'channel', 'nm']
     for _, _, keys, _ in rows:
         assert 'dense.loss_rpn_cls' in keys and 'loss_rpn_cls' in keys
-    assert 'loss_dense:' in log and 'trained nm@' in log and ' and dense (stage' in log
+    assert 'loss_dense:' in log and 'trained nm@' in log
+    assert (' and dense (split batch) (stage' if split else ' and dense (stage') in log
+
+
+def test_split_batch_feeds_the_sparse_pass_the_first_half_and_the_dense_pass_the_second():
+    network = _network()
+    model = network.model
+    joint = JointDenseLoss(model, network, split_batch=True)
+    seen = []  # (active subnet, images) of each backbone call
+    model.backbone.register_forward_pre_hook(
+        lambda module, args: seen.append((network.active.name, args[0].detach().clone())))
+    joint.step(network.set_active('unstructured@0.50'))
+    data = model.data_preprocessor(_packed(4), True)
+    losses = model(**data, mode='loss')
+    assert [name for name, _ in seen] == ['unstructured@0.50', 'dense']
+    assert torch.equal(seen[0][1], data['inputs'][:2])
+    assert torch.equal(seen[1][1], data['inputs'][2:])
+    assert 'dense.loss_mask' in losses and 'loss_mask' in losses
+    assert network.active.name == 'unstructured@0.50'
+    with pytest.raises(ValueError, match='at least 2 images per batch and process, got a '
+                                         'batch of 1'):
+        model(**model.data_preprocessor(_packed(1), True), mode='loss')
 
 
 def test_two_gloo_processes_keep_the_same_weights(tmp_path, tiny_data):

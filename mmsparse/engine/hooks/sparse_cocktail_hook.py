@@ -50,12 +50,14 @@ class SparseCocktailHook(Hook):
             ``dict(channel=dict(type='chase', beta=0.3))``; unnamed patterns (and None, the
             default) use UMG. See :mod:`mmsparse.engine.hooks.mask_sources` and
             ``docs/mask_sources.md``.
-        joint_dense: True or e.g. ``dict(weight=1.0)``: every iteration trains one sparse
-            subnet *and* the dense network (a second loss forward with the dense network
-            active, one backward and one step: the sandwich rule), instead of dense steps
-            every other iteration. The dense subnet gets every update; each iteration costs
-            about twice as much. Implies ``dense_pivot=False``; not combinable with
-            ``distill``. See :mod:`mmsparse.models.joint_dense`. None: off (the paper).
+        joint_dense: True or e.g. ``dict(weight=1.0, split_batch=False)``: every iteration
+            trains one sparse subnet *and* the dense network (a second loss forward with the
+            dense network active, one backward and one step: the sandwich rule), instead of
+            dense steps every other iteration. The dense subnet gets every update; each
+            iteration costs about twice as much, or about as much as plain training with
+            ``split_batch=True`` (each pass gets half the batch). Implies
+            ``dense_pivot=False``; not combinable with ``distill``. See
+            :mod:`mmsparse.models.joint_dense`. None: off (the paper).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
@@ -167,7 +169,9 @@ class SparseCocktailHook(Hook):
                 loss -= dense
             hub.update_scalar(f'train/loss_{self.current.pattern}', loss)
         if self.every_n_train_iters(runner, runner.log_processor.window_size):
-            also = ' and dense' if joint else ''
+            also = ''
+            if joint:
+                also = ' and dense' + (' (split batch)' if self.joint.split_batch else '')
             runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name}'
                                f'{also} (stage {self.stage}/{self.stages})')
 
