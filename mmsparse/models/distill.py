@@ -12,12 +12,7 @@ import torch
 from mmsparse.core import DENSE
 from mmsparse.core.batchnorm import batchnorms
 from mmsparse.core.distill import sigmoid_kd, softmax_kd
-
-
-def forward_mode(args, kwargs):
-    """The ``mode`` of an MMDetection detector call ``model(inputs, data_samples, mode)``,
-    from a forward hook's ``args``/``kwargs`` (``'tensor'``, the default, when not given)."""
-    return kwargs.get('mode', args[2] if len(args) > 2 else 'tensor')
+from .detector_call import batch_of, forward_mode
 
 
 def scale_loss(value, factor):
@@ -103,8 +98,7 @@ class DenseDistiller:
     def _add_kd(self, module, args, kwargs, output):
         if not self.enabled or forward_mode(args, kwargs) != 'loss' or not self._capture:
             return output
-        teacher = self._teacher(kwargs.get('inputs', args[0] if args else None),
-                                self.network.active)
+        teacher = self._teacher(batch_of(args, kwargs)[0], self.network.active)
         terms = []
         for key in ('rpn', 'dense_head'):
             if key in teacher:

@@ -19,26 +19,10 @@ Two ways to feed the passes:
   gets an update every iteration.
 """
 from mmsparse.core import DENSE
-from .distill import forward_mode, scale_loss
+from .detector_call import batch_of, forward_mode, with_batch
+from .distill import scale_loss
 
 PREFIX = 'dense.'
-
-
-def batch_of(args, kwargs):
-    """``(inputs, data_samples)`` of a detector call ``model(inputs, data_samples, mode)``."""
-    return tuple(kwargs[key] if key in kwargs else args[pos]
-                 for pos, key in ((0, 'inputs'), (1, 'data_samples')))
-
-
-def with_batch(args, kwargs, inputs, data_samples):
-    """The call's ``(args, kwargs)`` with its inputs and data samples replaced."""
-    args, kwargs = list(args), dict(kwargs)
-    for pos, key, value in ((0, 'inputs', inputs), (1, 'data_samples', data_samples)):
-        if key in kwargs:
-            kwargs[key] = value
-        else:
-            args[pos] = value
-    return tuple(args), kwargs
 
 
 class JointDenseLoss:

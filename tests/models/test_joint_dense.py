@@ -64,8 +64,7 @@ def test_dense_losses_are_added_and_reach_the_weights_the_subnet_removes():
 def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iteration(
         tmp_path, tiny_data, split):
     cfg = tiny_cocktail_config(tmp_path / 'joint.py', f'joint_dense=dict(split_batch={split})',
-                               'loss_keys_hook',
-                               'LossKeysHook', '''
+                               'loss_keys_hook', 'LossKeysHook', '''
         train_cfg = dict(max_iters=3, val_interval=1000)
         default_hooks = dict(logger=dict(interval=1))
         log_processor = dict(window_size=1)
