@@ -1,5 +1,6 @@
 """Time per training iteration: Sparse Cocktail co-training (plain, with distillation, with
-the joint dense loss on the same or on split batches) vs plain MMDetection training.
+the joint dense loss on the same or on split batches, with straight-through sparse steps)
+vs plain MMDetection training.
 
 Same model, data, batch and iterations; both through ``tools/train.py``. Per-iteration times
 come from mmengine's own log (``time``, logged every iteration), medians after a warm-up.
@@ -31,6 +32,9 @@ CONFIGS = {
     'cocktail_joint': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint_shapes.py',
     'cocktail_joint_split':
         REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint-split_shapes.py',
+    'cocktail_ste': REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-ste_shapes.py',
+    'cocktail_joint_split_ste':
+        REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail-joint-split-ste_shapes.py',
 }
 
 

@@ -42,12 +42,38 @@ def weight_axes(module):
     return 0, 1
 
 
+class _StraightThroughMask(torch.autograd.Function):
+    """``tensor * mask`` forward; the gradient passes to ``tensor`` unmasked."""
+
+    @staticmethod
+    def forward(ctx, tensor, mask):
+        return tensor * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through_mask(tensor, mask):
+    """``tensor * mask`` whose gradient reaches every entry of ``tensor``, removed ones too.
+
+    A sparse step then also moves the weights its subnet removes, along the gradient taken at
+    the sparse point (the dense weights keep learning on every step; cf. DPF, Lin et al.
+    2020). The forward value is exactly ``tensor * mask``; the cost is the same.
+    """
+    return _StraightThroughMask.apply(tensor, mask)
+
+
 class MaskedLayerMixin:
     """Behaviour added to a maskable layer instance by :func:`make_masked`."""
 
     # Optional ``fn(dense_weight) -> forward weight`` that replaces the masking (Spartan's
     # dual-averaging forward); None, the default, leaves the masked path untouched.
     weight_transform = None
+    # True: the masked forward passes its gradient straight through to every weight, the
+    # removed ones too (:func:`straight_through_mask`); False, the default: only kept weights
+    # get gradient, as autograd of ``weight * mask`` gives.
+    straight_through = False
 
     # ``weight`` and ``bias`` live in ``_parameters`` (so names and optimizers are unchanged);
     # these properties shadow nn.Module.__getattr__ to apply the active mask on access.
@@ -56,8 +82,7 @@ class MaskedLayerMixin:
         weight = self._parameters['weight']
         if self.weight_transform is not None:
             return self.weight_transform(weight)
-        mask = self._active_mask(weight)
-        return weight if mask is None else weight * mask
+        return self._apply_mask(weight, self._active_mask(weight))
 
     @property
     def bias(self):
@@ -65,7 +90,12 @@ class MaskedLayerMixin:
         if bias is None or self.active_subnet.pattern != 'channel':
             return bias
         keep = self.active_channel_mask()
-        return bias if keep is None else bias * keep.to(bias.dtype)
+        return self._apply_mask(bias, None if keep is None else keep.to(bias.dtype))
+
+    def _apply_mask(self, tensor, mask):
+        if mask is None:
+            return tensor
+        return straight_through_mask(tensor, mask) if self.straight_through else tensor * mask
 
     @property
     def dense_weight(self):

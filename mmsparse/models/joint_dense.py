@@ -16,7 +16,8 @@ Two ways to feed the passes:
 - ``split_batch=True``: a forward pre-hook gives the sparse pass the first half of the
   batch and the dense pass the second half, so an iteration costs about one pass over the
   batch, as in plain training. Each network then sees half the images per update, but
-  gets an update every iteration.
+  gets an update every iteration. ``dense_share`` moves the split (e.g. 0.75: the dense
+  pass gets 6 of 8 images).
 """
 from mmsparse.core import DENSE
 from .detector_call import batch_of, forward_mode, with_batch
@@ -32,15 +33,24 @@ class JointDenseLoss:
         model: The (unwrapped) MMDetection detector.
         network: Its :class:`~mmsparse.core.SparseNetwork`.
         weight: Factor of the dense losses (1.0: plain sum, as in the sandwich rule).
-        split_batch: Feed the sparse pass the first half of each batch and the dense pass
-            the second half (about the cost of one pass) instead of the whole batch to both.
+        split_batch: Feed the sparse pass the first part of each batch and the dense pass
+            the rest (about the cost of one pass) instead of the whole batch to both.
             Needs at least 2 images per batch and process.
+        dense_share: With ``split_batch``, the fraction of each batch the dense pass gets
+            (the sparse pass gets ``floor(n * (1 - dense_share))`` of ``n`` images, at least
+            one for each pass); default 0.5.
     """
 
-    def __init__(self, model, network, weight=1.0, split_batch=False):
+    def __init__(self, model, network, weight=1.0, split_batch=False, dense_share=0.5):
         if not weight > 0:
             raise ValueError(f'joint dense loss weight must be > 0, got {weight}')
+        if not 0 < dense_share < 1:
+            raise ValueError(f'joint dense loss dense_share must be in (0, 1), got '
+                             f'{dense_share}')
+        if dense_share != 0.5 and not split_batch:
+            raise ValueError('joint dense loss dense_share needs split_batch=True')
         self.network, self.weight, self.split_batch = network, weight, split_batch
+        self.dense_share = dense_share
         self.enabled = False
         self._inside = False  # the dense pass re-enters the detector's forward
         self._dense_call = None  # split_batch: the dense pass's (args, kwargs)
@@ -63,9 +73,11 @@ class JointDenseLoss:
             raise ValueError(f'joint dense loss with split_batch=True needs at least 2 images '
                              f'per batch and process, got a batch of {len(samples)}: raise '
                              f'train_dataloader.batch_size or set split_batch=False')
-        half = len(samples) // 2
-        self._dense_call = with_batch(args, kwargs, inputs[half:], samples[half:])
-        return with_batch(args, kwargs, inputs[:half], samples[:half])
+        # the sparse pass's images, floored (so a share of 0.5 gives the dense pass the
+        # larger half of an odd batch), at least one for each pass
+        cut = min(max(int(len(samples) * (1 - self.dense_share)), 1), len(samples) - 1)
+        self._dense_call = with_batch(args, kwargs, inputs[cut:], samples[cut:])
+        return with_batch(args, kwargs, inputs[:cut], samples[:cut])
 
     def _add_dense(self, module, args, kwargs, output):
         if not self._armed(args, kwargs):

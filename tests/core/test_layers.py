@@ -8,6 +8,7 @@ from torch import nn
 
 from mmsparse.core import (SparseNetwork, generate_masks, is_mask_key, make_masked,
                            masked_layers)
+from mmsparse.core.layers import straight_through_mask
 from mmsparse.core.subnets import parse_subnet
 from tiny_models import Deconv, LinearHead, Residual, build
 
@@ -63,6 +64,43 @@ def test_gradients_reach_only_kept_weights():
     mask = layer.mask_for(parse_subnet('nm@2:4'))
     assert (layer.dense_weight.grad[~mask] == 0).all()
     assert (layer.dense_weight.grad[mask] != 0).any()
+
+
+def test_straight_through_mask_is_the_masked_value_with_the_unmasked_gradient():
+    tensor = torch.randn(4, 6, requires_grad=True)
+    mask = (torch.rand(4, 6) > 0.5).float()
+    upstream = torch.randn(4, 6)
+    out = straight_through_mask(tensor, mask)
+    assert torch.equal(out, tensor * mask)
+    out.backward(upstream)
+    assert torch.equal(tensor.grad, upstream)
+
+
+def _grads(name, straight_through):
+    model, _, net, x = _sparse(Residual)
+    model.train()
+    net.set_active(name)
+    for layer in net.layers.values():
+        layer.straight_through = straight_through
+    out = model(x)
+    out.sum().backward()
+    return out.detach(), net.layers['conv1'].dense_weight.grad, net.layers['conv1']
+
+
+def test_straight_through_layers_keep_the_forward_and_reach_removed_weights():
+    for name in ['unstructured@0.50', 'nm@2:4', 'channel@0.50']:
+        out, plain, _ = _grads(name, False)
+        ste_out, ste, layer = _grads(name, True)
+        mask = layer.mask_for(parse_subnet(name))
+        assert torch.equal(out, ste_out), name
+        assert torch.allclose(ste[mask], plain[mask]), name
+        assert (plain[~mask] == 0).all(), name
+        if name.startswith('channel'):
+            # conv1's removed channels are zeroed after its BatchNorm, so no gradient comes
+            # back to them: straight-through changes nothing there (and nothing blows up)
+            assert torch.equal(ste, plain)
+        else:
+            assert (ste[~mask] != 0).any(), name
 
 
 def test_channel_subnet_outputs_exact_zero_through_bias_and_bn():

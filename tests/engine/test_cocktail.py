@@ -1,5 +1,6 @@
 """Sparse Cocktail co-training in MMDetection's loop: stage boundaries regenerate masks,
 resume is exact, two gloo processes agree, configs inheriting mmdet:: build."""
+import json
 import shutil
 import textwrap
 
@@ -10,8 +11,8 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, train,
-                      train_two_ranks)
+from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, run_tool,
+                      tiny_cocktail_config, train, train_two_ranks)
 from mmsparse.core import cocktail_subnets, generate_masks, is_mask_key
 from mmsparse.core.schedules import stage_at
 from mmsparse.models import sparsify_detector
@@ -118,3 +119,34 @@ def test_coco_cocktail_configs_inherit_mmdet_and_build(name):
     generate_masks(network, cocktail_subnets())
     assert len(network.subnets()) == 24
     assert 'backbone.conv1' not in network.layers
+
+
+@pytest.mark.parametrize('straight_through', [False, True])
+def test_straight_through_sparse_steps_reach_the_removed_weights(tmp_path, tiny_data,
+                                                                 straight_through):
+    cfg = tiny_cocktail_config(tmp_path / 'ste.py', f'straight_through={straight_through}',
+                               'removed_grad_hook', 'RemovedGradHook', '''
+        train_cfg = dict(max_iters=4, val_interval=1000)
+        default_hooks = dict(checkpoint=dict(interval=1000))
+    ''')
+    train(cfg, tmp_path / 'w')
+    dump = json.loads((tmp_path / 'w' / 'removed_grad.json').read_text())
+    rows = dump['rows']
+    assert [name.split('@')[0] for name, _ in rows] == ['dense', 'unstructured', 'dense',
+                                                        'channel']
+    # the default masks removed weights out of the gradient; straight-through reaches them
+    assert (rows[1][1] > 0) if straight_through else (rows[1][1] == 0)
+    # ... except removed channels: zeroed after their BatchNorm, they get no gradient back
+    assert rows[3][1] == 0
+    assert dump['straight_through_after_train'] is False  # a training-time choice only
+
+
+def test_straight_through_with_masked_momentum_is_an_error(tmp_path, tiny_data):
+    cfg = tiny_cocktail_config(tmp_path / 'ste_mom.py', 'straight_through=True',
+                               'loss_keys_hook', 'LossKeysHook', '''
+        train_cfg = dict(max_iters=1, val_interval=1000)
+        optim_wrapper = dict(type='mmsparse.SparseOptimWrapper', mask_momentum=True)
+    ''')
+    result = run_tool(['tools/train.py', cfg, '--work-dir', tmp_path / 'w'])
+    assert result.returncode != 0
+    assert 'straight_through=True) moves the removed weights' in result.stdout + result.stderr

@@ -80,21 +80,34 @@ def test_cocktail_with_joint_dense_trains_a_sparse_subnet_and_dense_every_iterat
     assert (' and dense (split batch) (stage' if split else ' and dense (stage') in log
 
 
-def test_split_batch_feeds_the_sparse_pass_the_first_half_and_the_dense_pass_the_second():
+def _images_seen(batch_size, **split):
+    """The images the backbone sees under each subnet in one joint loss forward (split)."""
     network = _network()
     model = network.model
-    joint = JointDenseLoss(model, network, split_batch=True)
+    JointDenseLoss(model, network, split_batch=True, **split).step(
+        network.set_active('unstructured@0.50'))
     seen = []  # (active subnet, images) of each backbone call
     model.backbone.register_forward_pre_hook(
         lambda module, args: seen.append((network.active.name, args[0].detach().clone())))
-    joint.step(network.set_active('unstructured@0.50'))
-    data = model.data_preprocessor(_packed(4), True)
+    data = model.data_preprocessor(_packed(batch_size), True)
     losses = model(**data, mode='loss')
     assert [name for name, _ in seen] == ['unstructured@0.50', 'dense']
-    assert torch.equal(seen[0][1], data['inputs'][:2])
-    assert torch.equal(seen[1][1], data['inputs'][2:])
     assert 'dense.loss_mask' in losses and 'loss_mask' in losses
     assert network.active.name == 'unstructured@0.50'
+    return data['inputs'], seen[0][1], seen[1][1], model
+
+
+@pytest.mark.parametrize('batch_size,dense_share,cut', [(4, 0.5, 2), (5, 0.5, 2),
+                                                        (4, 0.75, 1), (4, 0.9, 1),
+                                                        (4, 0.1, 3)])
+def test_split_batch_feeds_the_sparse_pass_the_first_images_and_the_dense_pass_the_rest(
+        batch_size, dense_share, cut):
+    inputs, sparse, dense, _ = _images_seen(batch_size, dense_share=dense_share)
+    assert torch.equal(sparse, inputs[:cut]) and torch.equal(dense, inputs[cut:])
+
+
+def test_split_batch_needs_two_images_per_process():
+    _, _, _, model = _images_seen(4)
     with pytest.raises(ValueError, match='at least 2 images per batch and process, got a '
                                          'batch of 1'):
         model(**model.data_preprocessor(_packed(1), True), mode='loss')
@@ -119,3 +132,7 @@ def test_joint_dense_and_distillation_together_are_an_error():
         SparseCocktailHook(joint_dense=True, distill=dict(weight=0.5))
     with pytest.raises(ValueError, match='joint dense loss weight must be > 0'):
         JointDenseLoss(None, None, weight=0)
+    with pytest.raises(ValueError, match=r'dense_share must be in \(0, 1\), got 1.0'):
+        JointDenseLoss(None, None, split_batch=True, dense_share=1.0)
+    with pytest.raises(ValueError, match='dense_share needs split_batch=True'):
+        JointDenseLoss(None, None, dense_share=0.75)

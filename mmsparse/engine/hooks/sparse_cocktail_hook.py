@@ -55,9 +55,15 @@ class SparseCocktailHook(Hook):
             dense network active, one backward and one step: the sandwich rule), instead of
             dense steps every other iteration. The dense subnet gets every update; each
             iteration costs about twice as much, or about as much as plain training with
-            ``split_batch=True`` (each pass gets half the batch). Implies
+            ``split_batch=True`` (each pass gets half the batch; ``dense_share`` moves
+            the split). Implies
             ``dense_pivot=False``; not combinable with ``distill``. See
             :mod:`mmsparse.models.joint_dense`. None: off (the paper).
+        straight_through: Sparse steps pass their gradient straight through the mask to the
+            weights the subnet removes too (forward unchanged, same cost; see
+            :func:`mmsparse.core.layers.straight_through_mask`), so the dense network
+            learns on every step. False (default, the paper): removed weights get no
+            gradient. Needs dense momentum (``mask_momentum=False``).
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
@@ -65,7 +71,8 @@ class SparseCocktailHook(Hook):
     def __init__(self, patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
                  stage_power=3, ratio_mode='current', regenerate_masks=True, seed=0,
                  dense_pivot=True, distill=None, save_stage_checkpoints=False,
-                 fixed_stage=None, mask_sources=None, joint_dense=None):
+                 fixed_stage=None, mask_sources=None, joint_dense=None,
+                 straight_through=False):
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
         if joint_dense and distill:
@@ -88,6 +95,7 @@ class SparseCocktailHook(Hook):
         self.save_stage_checkpoints = save_stage_checkpoints
         self.fixed_stage = fixed_stage
         self.sources = CocktailMaskSources(mask_sources)
+        self.straight_through = bool(straight_through)
         self.current = DENSE
 
     def _network(self, runner):
@@ -109,6 +117,11 @@ class SparseCocktailHook(Hook):
         self.cycle = patterns
         self.stages = self.num_stages or max(len(v) for v in self.by_pattern.values())
         self.max_iters = runner.max_iters
+        if self.straight_through and getattr(runner.optim_wrapper, 'mask_momentum', False):
+            raise ValueError('SparseCocktailHook(straight_through=True) moves the removed '
+                             'weights, but the optimizer wrapper masks their momentum; use '
+                             'mask_momentum=False')
+        self._set_straight_through(network, self.straight_through)
         if self.distill and self.distiller is None:
             self.distiller = DenseDistiller(unwrap(runner.model), network, **self.distill)
         if self.joint_dense is not None and self.joint is None:
@@ -122,6 +135,11 @@ class SparseCocktailHook(Hook):
                 self.sources.apply(network)
                 broadcast_masks(network)
             runner.logger.info(f'mmsparse: mask sources: {self.sources.describe()}')
+
+    @staticmethod
+    def _set_straight_through(network, value):
+        for layer in network.layers.values():
+            layer.straight_through = value
 
     def stage_at(self, iteration):
         if self.fixed_stage is not None:
@@ -171,7 +189,11 @@ class SparseCocktailHook(Hook):
         if self.every_n_train_iters(runner, runner.log_processor.window_size):
             also = ''
             if joint:
-                also = ' and dense' + (' (split batch)' if self.joint.split_batch else '')
+                also = ' and dense'
+                if self.joint.split_batch:
+                    share = self.joint.dense_share
+                    also += ' (split batch' + (f', dense share {share})' if share != 0.5
+                                               else ')')
             runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name}'
                                f'{also} (stage {self.stage}/{self.stages})')
 
@@ -186,4 +208,6 @@ class SparseCocktailHook(Hook):
     def after_train(self, runner):
         self.sources.after_step(self._network(runner))
         self._save_stage(runner)
-        self._network(runner).set_active(DENSE)
+        network = self._network(runner)
+        network.set_active(DENSE)
+        self._set_straight_through(network, False)  # a training-time choice only
