@@ -8,7 +8,7 @@ from mmsparse.core.mask_sources import (check_mask_sources, chase_channel_masks,
 from mmsparse.core.chase import check_uncoupled
 from mmsparse.core.patterns import SparsitySpecError
 from mmsparse.core.spartan import SpartanMasker, SpartanSchedule
-from .sparse_subnets_hook import broadcast_masks
+from .sparse_subnets_hook import broadcast_masks, require_dense_momentum
 
 # Options each source accepts (besides ``type``), with their defaults.
 SOURCE_OPTIONS = {
@@ -84,10 +84,7 @@ class CocktailMaskSources:
             check_uncoupled(network, "mask_sources['channel']='chase'")
         if not self.spartan:
             return
-        if getattr(runner.optim_wrapper, 'mask_momentum', False):
-            raise ValueError("mask_sources['unstructured']='spartan': the optimizer wrapper "
-                             'masks momentum, but the straight-through update needs dense '
-                             'momentum; use OptimWrapper (or mask_momentum=False)')
+        require_dense_momentum(runner, "mask_sources['unstructured']='spartan'")
         opts = self.options['unstructured']
         freeze_at = stage_end if opts['freeze_at'] is None else opts['freeze_at']
         # Only β and the freeze come from Spartan's schedule: the trained ratio (Spartan's

@@ -7,7 +7,8 @@ from mmsparse.models.distill import DenseDistiller
 from mmsparse.models.joint_dense import JointDenseLoss, dense_part
 from mmsparse.registry import HOOKS
 from .mask_sources import CocktailMaskSources
-from .sparse_subnets_hook import broadcast_masks, required_network, unwrap
+from .sparse_subnets_hook import (broadcast_masks, require_dense_momentum, required_network,
+                                  unwrap)
 
 
 @HOOKS.register_module()
@@ -117,10 +118,9 @@ class SparseCocktailHook(Hook):
         self.cycle = patterns
         self.stages = self.num_stages or max(len(v) for v in self.by_pattern.values())
         self.max_iters = runner.max_iters
-        if self.straight_through and getattr(runner.optim_wrapper, 'mask_momentum', False):
-            raise ValueError('SparseCocktailHook(straight_through=True) moves the removed '
-                             'weights, but the optimizer wrapper masks their momentum; use '
-                             'mask_momentum=False')
+        if self.straight_through:
+            require_dense_momentum(runner, 'SparseCocktailHook(straight_through=True) moves '
+                                           'the removed weights')
         self._set_straight_through(network, self.straight_through)
         if self.distill and self.distiller is None:
             self.distiller = DenseDistiller(unwrap(runner.model), network, **self.distill)
@@ -192,8 +192,8 @@ class SparseCocktailHook(Hook):
                 also = ' and dense'
                 if self.joint.split_batch:
                     share = self.joint.dense_share
-                    also += ' (split batch' + (f', dense share {share})' if share != 0.5
-                                               else ')')
+                    also += ' (split batch' + (f', dense share {share}' if share != 0.5
+                                               else '') + ')'
             runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name}'
                                f'{also} (stage {self.stage}/{self.stages})')
 

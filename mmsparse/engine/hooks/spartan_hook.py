@@ -8,7 +8,8 @@ from mmsparse.core.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule, 
 from mmsparse.core.subnets import SubnetSpec
 from mmsparse.models import detector_loss_run
 from mmsparse.registry import HOOKS
-from .sparse_subnets_hook import broadcast_masks, required_network, unwrap
+from .sparse_subnets_hook import (broadcast_masks, require_dense_momentum, required_network,
+                                  unwrap)
 
 COST_MODELS = ('params', 'flops')
 
@@ -94,10 +95,7 @@ class SpartanHook(Hook):
                              'SparseSubnetsHook holds '
                              f'{[s.name for s in network.subnets()]}: add '
                              f"subnets=['{self.target.name}'] to it")
-        if getattr(runner.optim_wrapper, 'mask_momentum', False):
-            raise ValueError('SpartanHook: the optimizer wrapper masks momentum, but the '
-                             'straight-through update needs dense momentum; use '
-                             'OptimWrapper (or mask_momentum=False)')
+        require_dense_momentum(runner, 'SpartanHook')
         block = network.layers[next(iter(network.layers))].mask_block_shape.tolist()
         if self.block_shape is not None and tuple(block) != self.block_shape:
             raise ValueError(f'SpartanHook block_shape {self.block_shape} differs from the '
