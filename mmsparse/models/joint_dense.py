@@ -18,6 +18,12 @@ Two ways to feed the passes:
   batch, as in plain training. Each network then sees half the images per update, but
   gets an update every iteration. ``dense_share`` moves the split (e.g. 0.75: the dense
   pass gets 6 of 8 images).
+
+Both passes' losses are means over their own images, so their plain sum has about twice
+the gradient of one pass over the batch: the joint step then moves the shared weights with
+about twice plain training's step. ``mean_losses=True`` weights each pass's losses by its
+share of the batch (0.5 and 0.5 for the same batch), so the summed loss is a mean over the
+batch and the step has plain training's scale.
 """
 from mmsparse.core import DENSE
 from .detector_call import batch_of, forward_mode, with_batch
@@ -39,18 +45,17 @@ class JointDenseLoss:
         dense_share: With ``split_batch``, the fraction of each batch the dense pass gets
             (the sparse pass gets ``floor(n * (1 - dense_share))`` of ``n`` images, at least
             one for each pass); default 0.5.
+        mean_losses: Weight each pass's losses by the share of the batch it saw (the same
+            batch: 0.5 each), so the sum is a batch mean, the scale of plain training's
+            loss; ``weight`` still multiplies the dense part. False (default): plain sum.
     """
 
-    def __init__(self, model, network, weight=1.0, split_batch=False, dense_share=0.5):
-        if not weight > 0:
-            raise ValueError(f'joint dense loss weight must be > 0, got {weight}')
-        if not 0 < dense_share < 1:
-            raise ValueError(f'joint dense loss dense_share must be in (0, 1), got '
-                             f'{dense_share}')
-        if dense_share != 0.5 and not split_batch:
-            raise ValueError('joint dense loss dense_share needs split_batch=True')
+    def __init__(self, model, network, weight=1.0, split_batch=False, dense_share=0.5,
+                 mean_losses=False):
+        self.check_options(weight, split_batch, dense_share, mean_losses)
         self.network, self.weight, self.split_batch = network, weight, split_batch
-        self.dense_share = dense_share
+        self.dense_share, self.mean_losses = dense_share, mean_losses
+        self._sparse_fraction = 0.5  # the sparse pass's share of the last batch
         self.enabled = False
         self._inside = False  # the dense pass re-enters the detector's forward
         self._dense_call = None  # split_batch: the dense pass's (args, kwargs)
@@ -61,6 +66,28 @@ class JointDenseLoss:
     def step(self, spec):
         """Arm for the coming iteration: the dense pass only when a sparse subnet trains."""
         self.enabled = spec != DENSE
+
+    @staticmethod
+    def check_options(weight=1.0, split_batch=False, dense_share=0.5, mean_losses=False):
+        """Raise for bad options (an unknown one is a ``TypeError``), before any model."""
+        if not weight > 0:
+            raise ValueError(f'joint dense loss weight must be > 0, got {weight}')
+        if not 0 < dense_share < 1:
+            raise ValueError(f'joint dense loss dense_share must be in (0, 1), got '
+                             f'{dense_share}')
+        if dense_share != 0.5 and not split_batch:
+            raise ValueError('joint dense loss dense_share needs split_batch=True')
+        del mean_losses  # any value will do; named so that only a misspelling is an error
+
+    def describe(self):
+        """The non-default options in words, for the training log ('' for none)."""
+        notes = []
+        if self.split_batch:
+            notes.append('split batch' + (f', dense share {self.dense_share}'
+                                          if self.dense_share != 0.5 else ''))
+        if self.mean_losses:
+            notes.append('losses weighted by batch share')
+        return ', '.join(notes)
 
     def _armed(self, args, kwargs):
         return self.enabled and not self._inside and forward_mode(args, kwargs) == 'loss'
@@ -76,6 +103,7 @@ class JointDenseLoss:
         # the sparse pass's images, floored (so a share of 0.5 gives the dense pass the
         # larger half of an odd batch), at least one for each pass
         cut = min(max(int(len(samples) * (1 - self.dense_share)), 1), len(samples) - 1)
+        self._sparse_fraction = cut / len(samples)
         self._dense_call = with_batch(args, kwargs, inputs[cut:], samples[cut:])
         return with_batch(args, kwargs, inputs[:cut], samples[:cut])
 
@@ -94,10 +122,17 @@ class JointDenseLoss:
         finally:
             self._inside = False
             self.network.set_active(active)
-        losses = dict(output)
-        for key, value in dense.items():
-            losses[PREFIX + key] = scale_loss(value, self.weight) if 'loss' in key else value
+        sparse_factor, dense_factor = ((self._sparse_fraction, 1 - self._sparse_fraction)
+                                       if self.mean_losses else (1.0, 1.0))
+        losses = _scaled(output, sparse_factor)
+        losses.update(_scaled(dense, self.weight * dense_factor, PREFIX))
         return losses
+
+
+def _scaled(losses, factor, prefix=''):
+    """``losses`` with every ``*loss*`` entry times ``factor`` and keys prefixed."""
+    return {prefix + key: scale_loss(value, factor) if 'loss' in key and factor != 1.0
+            else value for key, value in losses.items()}
 
 
 def dense_part(log_vars):

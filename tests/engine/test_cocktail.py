@@ -121,6 +121,16 @@ def test_coco_cocktail_configs_inherit_mmdet_and_build(name):
     assert 'backbone.conv1' not in network.layers
 
 
+@pytest.mark.parametrize('path', sorted((REPO / 'configs/cocktail').glob('*_shapes.py')),
+                         ids=lambda p: p.name)
+def test_every_shapes_cocktail_config_builds_its_hooks(path):
+    """Each shapes variant parses, and its hooks accept their options (typos are errors)."""
+    from mmsparse.registry import HOOKS
+    cfg = Config.fromfile(str(path))
+    hooks = [HOOKS.build(dict(h)) for h in cfg.custom_hooks]
+    assert [type(h).__name__ for h in hooks][:2] == ['SparseSubnetsHook', 'SparseCocktailHook']
+
+
 @pytest.mark.parametrize('straight_through', [False, True])
 def test_straight_through_sparse_steps_reach_the_removed_weights(tmp_path, tiny_data,
                                                                  straight_through):

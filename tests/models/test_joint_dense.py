@@ -106,6 +106,37 @@ def test_split_batch_feeds_the_sparse_pass_the_first_images_and_the_dense_pass_t
     assert torch.equal(sparse, inputs[:cut]) and torch.equal(dense, inputs[cut:])
 
 
+def _joint_losses(**joint):
+    """The losses of one joint loss forward of a 4-image batch, sampling seeded."""
+    network = _network()
+    model = network.model
+    JointDenseLoss(model, network, **joint).step(network.set_active('unstructured@0.50'))
+    data = model.data_preprocessor(_packed(4), True)
+    torch.manual_seed(1)
+    return model(**data, mode='loss')
+
+
+def _total(loss):
+    """A loss tensor, or the sum of a per-level list of them."""
+    return sum(loss) if isinstance(loss, (list, tuple)) else loss
+
+
+@pytest.mark.parametrize('joint,sparse_factor,dense_factor', [
+    (dict(), 0.5, 0.5),  # the same batch: half each
+    (dict(split_batch=True, dense_share=0.75), 0.25, 0.75)])  # 1 and 3 of 4 images
+def test_mean_losses_weights_each_pass_by_its_share_of_the_batch(joint, sparse_factor,
+                                                                  dense_factor):
+    plain, mean = _joint_losses(**joint), _joint_losses(mean_losses=True, **joint)
+    assert sorted(plain) == sorted(mean)
+    for key in ('loss_mask', 'loss_cls', 'loss_rpn_cls'):
+        for name, factor in ((key, sparse_factor), ('dense.' + key, dense_factor)):
+            assert _total(plain[name]) > 0, name
+            assert torch.allclose(_total(mean[name]), factor * _total(plain[name])), name
+    # metrics are not losses: unscaled
+    assert torch.equal(mean['acc'], plain['acc'])
+    assert torch.equal(mean['dense.acc'], plain['dense.acc'])
+
+
 def test_split_batch_needs_two_images_per_process():
     _, _, _, model = _images_seen(4)
     with pytest.raises(ValueError, match='at least 2 images per batch and process, got a '
@@ -136,3 +167,18 @@ def test_joint_dense_and_distillation_together_are_an_error():
         JointDenseLoss(None, None, split_batch=True, dense_share=1.0)
     with pytest.raises(ValueError, match='dense_share needs split_batch=True'):
         JointDenseLoss(None, None, dense_share=0.75)
+    # the hook checks its joint_dense options when it is built, not at the first iteration
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mean_loss'"):
+        SparseCocktailHook(joint_dense=dict(split_batch=True, mean_loss=True))
+    with pytest.raises(ValueError, match=r'dense_share must be in \(0, 1\), got 0'):
+        SparseCocktailHook(joint_dense=dict(split_batch=True, dense_share=0))
+
+
+@pytest.mark.parametrize('options,words', [
+    (dict(), ''),
+    (dict(split_batch=True), 'split batch'),
+    (dict(split_batch=True, dense_share=0.75, mean_losses=True),
+     'split batch, dense share 0.75, losses weighted by batch share'),
+    (dict(mean_losses=True), 'losses weighted by batch share')])
+def test_the_training_log_names_the_non_default_options(options, words):
+    assert JointDenseLoss(torch.nn.Linear(1, 1), None, **options).describe() == words

@@ -57,7 +57,8 @@ class SparseCocktailHook(Hook):
             dense steps every other iteration. The dense subnet gets every update; each
             iteration costs about twice as much, or about as much as plain training with
             ``split_batch=True`` (each pass gets half the batch; ``dense_share`` moves
-            the split). Implies
+            the split; ``mean_losses=True`` weights each pass by its share of the batch,
+            for plain training's step size). Implies
             ``dense_pivot=False``; not combinable with ``distill``. See
             :mod:`mmsparse.models.joint_dense`. None: off (the paper).
         straight_through: Sparse steps pass their gradient straight through the mask to the
@@ -83,6 +84,7 @@ class SparseCocktailHook(Hook):
                             else {} if joint_dense else None)
         self.joint = None
         if self.joint_dense is not None:
+            JointDenseLoss.check_options(**self.joint_dense)  # a typo fails here, not later
             dense_pivot = False  # the dense network trains inside every iteration
         self.patterns = None if patterns is None else tuple(patterns)
         self.num_stages = num_stages
@@ -189,11 +191,8 @@ class SparseCocktailHook(Hook):
         if self.every_n_train_iters(runner, runner.log_processor.window_size):
             also = ''
             if joint:
-                also = ' and dense'
-                if self.joint.split_batch:
-                    share = self.joint.dense_share
-                    also += ' (split batch' + (f', dense share {share}' if share != 0.5
-                                               else '') + ')'
+                notes = self.joint.describe()
+                also = ' and dense' + (f' ({notes})' if notes else '')
             runner.logger.info(f'mmsparse: iteration {runner.iter} trained {self.current.name}'
                                f'{also} (stage {self.stage}/{self.stages})')
 
