@@ -3,9 +3,5 @@
 # mask-rcnn_r18_fpn_cocktail_shapes.py. See docs/mask_sources.md.
 _base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py',
           '../_base_/sparsity/cocktail_mask_sources.py']
-custom_hooks = [
-    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8,
-         mask_sources={{_base_.cocktail_mask_sources}}),
-    dict(type='mmsparse.RNGStateHook'),
-]
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(mask_sources=_base_.cocktail_mask_sources)

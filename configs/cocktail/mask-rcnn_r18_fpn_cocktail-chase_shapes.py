@@ -1,9 +1,5 @@
 # Ablation: Sparse Cocktail on the shapes Mask R-CNN with only the channel masks by Chase
 # (unstructured, N:M by UMG). See docs/mask_sources.md.
 _base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
-custom_hooks = [
-    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8,
-         mask_sources=dict(channel=dict(type='chase', beta=0.3))),
-    dict(type='mmsparse.RNGStateHook'),
-]
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(mask_sources=dict(channel=dict(type='chase', beta=0.3)))

@@ -4,5 +4,5 @@
 # of the measured co-training variants to the single runs at about the cost of plain
 # training, though still short of #4's goals (docs/results.md).
 _base_ = ['./mask-rcnn_r18_fpn_cocktail-joint-split-ste_shapes.py']
-custom_hooks = _base_.custom_hooks
-custom_hooks[1].ratio_mode = 'unlocked'  # [1]: the SparseCocktailHook
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(ratio_mode='unlocked')

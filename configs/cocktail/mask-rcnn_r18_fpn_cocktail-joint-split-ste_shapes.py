@@ -3,10 +3,6 @@
 # the dense network on the second, and the sparse pass's gradient also reaches the weights
 # its subnet removes, so the dense weights learn from the whole batch. About the cost of
 # plain training (docs/training.md, docs/results.md).
-_base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
-custom_hooks = [
-    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8,
-         joint_dense=dict(split_batch=True), straight_through=True),
-    dict(type='mmsparse.RNGStateHook'),
-]
+_base_ = ['./mask-rcnn_r18_fpn_cocktail-joint-split_shapes.py']
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(straight_through=True)

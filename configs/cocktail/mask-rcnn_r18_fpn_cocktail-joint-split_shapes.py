@@ -3,9 +3,5 @@
 # network on the second half (two loss forwards over 4 images each, one backward, one step).
 # About the time per iteration of plain training (docs/training.md, docs/results.md).
 _base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
-custom_hooks = [
-    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8,
-         joint_dense=dict(split_batch=True)),
-    dict(type='mmsparse.RNGStateHook'),
-]
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(joint_dense=dict(split_batch=True))

@@ -3,9 +3,5 @@
 # one step), so the dense subnet gets every update instead of every other one. About twice
 # the time per iteration of the default cocktail (docs/training.md, docs/results.md).
 _base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
-custom_hooks = [
-    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='current', stage_end=0.8,
-         joint_dense=True),
-    dict(type='mmsparse.RNGStateHook'),
-]
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(joint_dense=True)

@@ -2,8 +2,5 @@
 # all ratios unlocked so far (the default 'current' trains only the current stage's ratio,
 # as the paper does, and measured better: docs/results.md).
 _base_ = ['./mask-rcnn_r18_fpn_cocktail_shapes.py']
-custom_hooks = [
-    dict(type='mmsparse.SparseSubnetsHook', subnets='cocktail'),
-    dict(type='mmsparse.SparseCocktailHook', ratio_mode='unlocked', stage_end=0.8),
-    dict(type='mmsparse.RNGStateHook'),
-]
+custom_hooks = _base_.custom_hooks  # [1] is the SparseCocktailHook; one option changes
+custom_hooks[1].update(ratio_mode='unlocked')
