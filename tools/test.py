@@ -22,7 +22,8 @@ from mmengine.dist import is_main_process
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
 from mmsparse.datasets import check_dataset_paths
-from mmsparse.engine.launch import apply_common_args, build_runner, set_local_rank
+from mmsparse.engine.launch import (apply_common_args, build_runner, set_local_rank,
+                                    shutdown_distributed)
 from mmsparse.evaluation import format_table, split_subnet_metrics, write_report
 
 
@@ -103,7 +104,9 @@ def main():
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
     runner = build_runner(cfg)
     results = split_subnet_metrics(runner.test())
-    if not is_main_process():
+    main_process = is_main_process()
+    shutdown_distributed()
+    if not main_process:
         return
     print(format_table(results))
     if args.out is not None and not dump_predictions:

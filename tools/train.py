@@ -13,7 +13,7 @@ import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.launch import (apply_common_args, apply_resume, build_runner, enable_amp,
-                                    set_local_rank)
+                                    set_local_rank, shutdown_distributed)
 
 
 def parse_args():
@@ -55,6 +55,7 @@ def main():
     apply_resume(cfg, args.resume)
     runner = build_runner(cfg)
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -7,6 +7,10 @@ plus what MMDetection's tools get wrong for mmsparse:
   ``torch.cuda.set_device`` and its ``wrap_model`` passes ``device_ids=[LOCAL_RANK]``, which
   DDP rejects for CPU modules. We initialise a gloo process group ourselves before the Runner
   (mmengine then skips ``init_dist``) and select a DDP wrapper with ``device_ids=None``.
+* Nothing destroys the process group at the end. With gloo, a process that exits with its
+  group alive can abort during interpreter shutdown ("terminate called without an active
+  exception", pytorch/pytorch#190489), after the work is done and saved;
+  :func:`shutdown_distributed` ends it cleanly.
 * ``--amp`` replaces any optimizer wrapper type with ``AmpOptimWrapper`` in MMDetection's
   train.py, silently dropping mmsparse's own wrapper. We map each wrapper to its AMP variant.
 """
@@ -43,6 +47,17 @@ def setup_distributed(cfg, launcher):
     wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
     wrapper['device_ids'] = None  # CPU modules: DDP must not be given device ids
     cfg.model_wrapper_cfg = wrapper
+
+
+def shutdown_distributed():
+    """Wait for every rank, then destroy the default process group; a no-op when there is none.
+
+    The barrier keeps a rank that finishes early (rank 0 alone writes results) from closing
+    its connections while the others still talk to it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def enable_amp(cfg):
