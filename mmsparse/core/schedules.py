@@ -72,6 +72,7 @@ def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='cu
     Args:
         iteration: The global iteration counter.
         patterns: Sparse patterns in cycle order, e.g. ('unstructured', 'channel', 'nm').
+            A pattern named twice gets twice the share of the sparse steps.
         ratio_counts: pattern -> how many subnets (ratios) it has.
         stage: Current stage (1..num_stages) from :func:`stage_at`.
         num_stages: Number of stages.

@@ -21,6 +21,16 @@ def test_without_dense_pivot_every_step_is_sparse():
     assert gradual[0] == 0 and gradual[-1] == 4 and gradual == sorted(gradual)
 
 
+def test_a_pattern_named_twice_gets_twice_the_share():
+    cycle = ('unstructured', 'channel', 'nm', 'nm')
+    steps = [cocktail_step(t, cycle, COUNTS, 10, 10, 'unlocked', dense_pivot=False)
+             for t in range(3000)]
+    share = {p: sum(s.pattern == p for s in steps) / len(steps) for p in PATTERNS}
+    assert share == {'unstructured': 0.25, 'channel': 0.25, 'nm': 0.5}
+    # the N:M passes still spread over all three N:M subnets
+    assert {s.index for s in steps if s.pattern == 'nm'} == {0, 1, 2}
+
+
 def test_steps_are_deterministic_functions_of_the_iteration():
     a = [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked') for t in range(200)]
     b = [cocktail_step(t, PATTERNS, COUNTS, 5, 10, 'unlocked') for t in reversed(range(200))]

@@ -26,7 +26,9 @@ class SparseCocktailHook(Hook):
 
     Args:
         patterns: Sparse patterns in cycle order; default: those the model holds, in the
-            order unstructured, channel, nm, block.
+            order unstructured, channel, nm, block. A pattern named twice, e.g.
+            ``('unstructured', 'channel', 'nm', 'nm')``, gets twice the share of the sparse
+            steps.
         num_stages: Number of ratio stages; default: the most ratios any pattern has.
         stage_start, stage_end, stage_power: the stage schedule (fractions of training).
         ratio_mode: ``'current'`` (default, the paper's choice) trains only the current
