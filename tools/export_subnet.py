@@ -12,21 +12,21 @@ Examples::
 Every export writes ``<out>.py`` next to ``<out>.pth``: the config with mmsparse's own types
 replaced by MMDetection's (dataset classes by their MMDetection base class and metainfo,
 mmsparse hooks and loops dropped), so loading and testing needs no mmsparse. The tool
-prints how to load what it wrote. BatchNorm statistics are the checkpoint's unless
-``--recalibrate-bn N`` is given, so the exported model's metrics equal the subnet's in
-``tools/test.py``.
+prints how to load what it wrote. BatchNorm statistics are the checkpoint's (the subnet's
+own when the checkpoint stores per-subnet statistics) unless ``--recalibrate-bn N`` is
+given, so the exported model's metrics equal the subnet's in ``tools/test.py``.
 """
 import argparse
+import contextlib
 import copy
 import os
 import os.path as osp
 import textwrap
 
 import torch
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import DATASETS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
@@ -35,9 +35,10 @@ from mmsparse.core.batchnorm import recalibrated_bn, restore_bn_stats, save_bn_s
 from mmsparse.core.export import (ExportError, measured_sparsity, plain_value,
                                   semi_structured_needs_half, semi_structured_support,
                                   to_semi_structured)
+from mmsparse.core.subnet_bn_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.subnets import SubnetNameError
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
-from mmsparse.models import detector_predict_run
+from mmsparse.engine.runner.calibration import calibration_batches, forward_batches
+from mmsparse.engine.sparse_checkpoint import load_sparse_detector, tool_config
 
 
 def parse_args():
@@ -84,30 +85,6 @@ def check_request(args):
     if len(subnets) == 1 and not args.out.endswith('.pth'):
         raise ExportError(f'--out must end with .pth for one subnet, got {args.out}')
     return subnets, also
-
-
-def analysis_image_size(cfg):
-    """The SparseSubnetsHook's analysis image size in the config, or its default."""
-    for hook in cfg.get('custom_hooks', None) or []:
-        if 'SparseSubnetsHook' in str(hook.get('type', '')):
-            return tuple(hook.get('analysis_image_size', (128, 128)))
-    return (128, 128)
-
-
-def load_sparse_detector(cfg, checkpoint):
-    """The detector with the checkpoint's weights and, when it holds masks, its
-    SparseNetwork (masked layers attached as ``tools/test.py``'s SparseSubnetsHook does)."""
-    model = MODELS.build(cfg.model)
-    network = checkpoint_network(model, checkpoint, analysis_image_size(cfg))
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    state = ckpt.get('state_dict', ckpt)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    missing, _ = model.load_state_dict(state, strict=False)
-    if missing:
-        raise ExportError(f'{checkpoint} does not match the config\'s model: missing '
-                          f'{missing[:5]} ... ({len(missing)} keys)')
-    model.eval()
-    return model, network, ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
 
 
 # -- the plain-MMDetection config -------------------------------------------------------------
@@ -201,20 +178,10 @@ def plain_config(cfg, checkpoint=None):
 
 
 # -- export -----------------------------------------------------------------------------------
-def calibration_batches(cfg, count):
-    loader = Runner.build_dataloader(cfg.train_dataloader)
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) >= count:
-            break
-    return batches
-
-
 def recalibrate(model, batches):
     """Re-estimate the exported model's BatchNorm statistics on ``batches`` (kept)."""
     before = save_bn_stats(model)
-    with recalibrated_bn(model, lambda m: [detector_predict_run(b)(m) for b in batches]):
+    with recalibrated_bn(model, forward_batches(batches)):
         calibrated = save_bn_stats(model)
     restore_bn_stats(model, {n: (*calibrated[n][:3], before[n][3]) for n in calibrated})
 
@@ -232,8 +199,21 @@ def export_model(model, network, spec, also):
     return fold_masks(network, [spec, *also]), False
 
 
+def bn_source(args, model, network, also):
+    """Where the exported model's BatchNorm statistics come from: ``'recalibrated'``
+    (``--recalibrate-bn``), ``'stored'`` (the subnet's own, stored in the checkpoint) or
+    ``'trained'``. Stored statistics belong to one subnet, so ``--also`` does not use them."""
+    if args.recalibrate_bn:
+        return 'recalibrated'
+    if network is not None and not also and check_stored_bn_stats(model, network):
+        return 'stored'
+    return 'trained'
+
+
 def write_one(args, cfg, model, network, spec, also, out, source_meta, batches):
-    exported, slimmed = export_model(model, network, spec, also)
+    source = bn_source(args, model, network, also)
+    with stored_bn_stats(network, spec) if source == 'stored' else contextlib.nullcontext():
+        exported, slimmed = export_model(model, network, spec, also)
     exported.eval()
     if batches:
         recalibrate(exported, batches)
@@ -245,7 +225,7 @@ def write_one(args, cfg, model, network, spec, also, out, source_meta, batches):
                 params_nonzero=sum(int((p != 0).sum()) for p in exported.parameters()),
                 params_dense=sum(p.numel() for p in model.parameters()),
                 source_checkpoint=osp.abspath(args.checkpoint),
-                recalibrated_bn_batches=args.recalibrate_bn,
+                recalibrated_bn_batches=args.recalibrate_bn, bn_stats=source,
                 format='pickled-module' if slimmed or args.semi_structured else 'state_dict')
     meta = {k: v for k, v in plain_value(source_meta).items() if not k.startswith('mmsparse')}
     meta['mmsparse'] = info
@@ -308,11 +288,7 @@ def main():
     args = parse_args()
     subnets, also = check_request(args)
     register_all_modules()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg = tool_config(args)
     plain_config(cfg)  # fails now, not after loading, if the config cannot be made plain
     model, network, source_meta = load_sparse_detector(cfg, args.checkpoint)
     if subnets == 'all':
@@ -326,7 +302,8 @@ def main():
     else:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         outs = [args.out]
-    batches = calibration_batches(cfg, args.recalibrate_bn) if args.recalibrate_bn else []
+    batches = (calibration_batches(cfg.train_dataloader, args.recalibrate_bn)
+               if args.recalibrate_bn else [])
     bar = ProgressBar(len(subnets)) if len(subnets) > 1 else None
     written = []
     for spec, out in zip(subnets, outs):
@@ -339,6 +316,8 @@ def main():
         label = ' + '.join([info['subnet'], *info['also']])
         if info['recalibrated_bn_batches']:
             label += f' (BatchNorm recalibrated on {info["recalibrated_bn_batches"]} batches)'
+        elif info['bn_stats'] == 'stored':
+            label += ' (its own BatchNorm statistics, stored in the checkpoint)'
         print(f'\n{label}: sparsity {info["sparsity"]:.4f}, params {info["params"]} '
               f'({info["params_nonzero"]} nonzero; dense {info["params_dense"]}) -> {out} '
               f'[{info["format"]}], config {config_path}')

@@ -6,6 +6,8 @@ Same arguments as MMDetection's ``tools/test.py``, plus:
   switching masks; the model is built and the data loaded once. A checkpoint's masked layers
   are attached automatically; a checkpoint without masks is evaluated as ``dense``.
 * ``--recalibrate-bn N``: re-estimate BatchNorm statistics on N training batches per subnet.
+  Without it, a checkpoint that stores per-subnet BatchNorm statistics (``SubnetBNStatsHook``,
+  ``tools/misc/store_bn_stats.py``) is evaluated with them; ``--trained-bn`` ignores them.
 * ``--out results.json``: ``{"<subnet>": {"coco/bbox_mAP": ..., "sparsity": ..., "params":
   ..., "flops": ...}}``; ``--out x.pkl`` dumps raw predictions as MMDetection does (one
   subnet only).
@@ -13,10 +15,9 @@ Same arguments as MMDetection's ``tools/test.py``, plus:
 """
 import argparse
 import json
-import os.path as osp
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
@@ -24,6 +25,7 @@ import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint g
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.launch import (apply_common_args, build_runner, set_local_rank,
                                     shutdown_distributed)
+from mmsparse.engine.sparse_checkpoint import tool_config
 from mmsparse.evaluation import format_table, split_subnet_metrics, write_report
 
 
@@ -38,6 +40,9 @@ def parse_args():
                         help="'all', or comma-separated subnet names (default: dense)")
     parser.add_argument('--recalibrate-bn', type=int, default=0, metavar='N',
                         help='re-estimate BatchNorm statistics on N training batches per subnet')
+    parser.add_argument('--trained-bn', action='store_true',
+                        help='ignore the per-subnet BatchNorm statistics a checkpoint stores: '
+                        'evaluate with the statistics training left')
     parser.add_argument('--report', metavar='DIR',
                         help='write results.md, results.csv and results.png to DIR')
     parser.add_argument('--show', action='store_true', help='show prediction results')
@@ -74,17 +79,14 @@ def setup_subnet_evaluation(cfg, args):
         cfg.custom_hooks = [*hooks, dict(type='mmsparse.SparseSubnetsHook')]
     fp16 = (cfg.get('test_cfg') or {}).get('fp16', False)
     cfg.test_cfg = dict(type='mmsparse.SubnetTestLoop', subnets=args.subnets,
-                        recalibrate_bn=args.recalibrate_bn, fp16=fp16)
+                        recalibrate_bn=args.recalibrate_bn, stored_bn=not args.trained_bn,
+                        fp16=fp16)
 
 
 def main():
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg = tool_config(args)
     check_dataset_paths(cfg, ('test_dataloader',))
     apply_common_args(cfg, args)
     cfg.load_from = args.checkpoint

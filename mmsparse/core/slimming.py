@@ -4,9 +4,10 @@ Two steps, both on a deep copy (the shared weights of the co-trained network sta
 
 * :func:`fold_masks` multiplies the chosen subnets' masks into the weights and turns every
   masked layer back into its original class (``Masked_torch_nn_Conv2d`` -> ``nn.Conv2d``),
-  without mask buffers or mmsparse hooks. For channel subnets the removed channels' bias and
-  their following BatchNorm's affine parameters are zeroed too, so a removed channel outputs
-  exactly 0, as in the masked forward (where a hook zeroes it after the BatchNorm).
+  without mask buffers, stored per-subnet BatchNorm statistics or mmsparse hooks. For
+  channel subnets the removed channels' bias and their following BatchNorm's affine
+  parameters are zeroed too, so a removed channel outputs exactly 0, as in the masked
+  forward (where a hook zeroes it after the BatchNorm).
 * :func:`slim_channels` then physically slices the removed channels out: the producer's
   output channels, its followers' BatchNorm features and the consumers' input channels. The
   removed channels carried exact zeros, so the smaller model computes the same outputs up to
@@ -22,6 +23,7 @@ from torch import nn
 
 from .attach import ChannelOutputMask
 from .layers import _MASK_BUFFERS, MaskedLayerMixin, weight_axes
+from .subnet_bn_stats import drop_stored_bn_stats
 from .subnets import DENSE, SubnetSpec
 
 # Instance attributes :meth:`MaskedLayerMixin._init_mask_buffers` adds besides the buffers,
@@ -85,6 +87,7 @@ def _remove_mask_hooks(model):
 @torch.no_grad()
 def _fold(network, specs, zero_followers=True):
     model = _copy_model(network)
+    drop_stored_bn_stats(model)  # the copy's live statistics are the ones it keeps
     modules = dict(model.named_modules())
     for name in network.layers:
         layer = modules[name]

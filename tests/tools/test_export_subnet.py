@@ -233,3 +233,41 @@ def test_plain_config_of_a_cocktail_config():
     with pytest.raises(tool.ExportError, match=r'would still need mmsparse: '
                        r"\['test_evaluator.type=mmsparse.SomeMetric'\]"):
         tool.plain_config(cfg)
+
+
+def test_stored_bn_statistics_are_stored_by_the_tool_and_exported(sparse_checkpoint, tmp_path):
+    """tools/misc/store_bn_stats.py writes every subnet's statistics; the export of a subnet
+    carries that subnet's row as its live statistics and no stored-statistics buffers."""
+    import argparse
+
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from mmsparse.core import parse_subnet
+    stored = tmp_path / 'stored.pth'
+    load_tool('tools/misc/store_bn_stats.py').main([
+        str(sparse_checkpoint['cfg']), str(sparse_checkpoint['sparse']), '--batches', '1',
+        '--out', str(stored)])
+    tool = _tool()
+    register_all_modules()
+    cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
+    model, network, _ = tool.load_sparse_detector(cfg, str(stored))
+    rows = model.backbone.layer1[0].bn1.subnet_running_mean
+    assert rows.shape[0] == 4 and [s.name for s in network.subnets()] == [
+        'dense', 'unstructured@0.30', 'channel@0.25', 'nm@2:4']
+    args = argparse.Namespace(checkpoint=str(stored), recalibrate_bn=0, semi_structured=False)
+    for name, row in (('nm@2:4', 3), ('channel@0.25', 2)):
+        out = tmp_path / f'{name.replace(":", "-")}.pth'
+        info, _ = tool.write_one(args, cfg, model, network, parse_subnet(name), (), str(out),
+                                 {}, [])
+        assert info['bn_stats'] == 'stored', name
+        exported = torch.load(out, weights_only=False)
+        state = (exported['state_dict'] if 'state_dict' in exported
+                 else exported['model'].state_dict())
+        assert not [k for k in state if 'subnet_running' in k], name
+        if name == 'nm@2:4':  # same channels: the row itself
+            assert torch.equal(state['backbone.layer1.0.bn1.running_mean'], rows[row])
+    assert tool.bn_source(args, model, network, (parse_subnet('nm@2:4'), )) == 'trained'
+    with pytest.raises(SystemExit):  # argparse: --out must differ from the input
+        load_tool('tools/misc/store_bn_stats.py').parse_args(
+            [str(sparse_checkpoint['cfg']), str(stored), '--out', str(stored)])

@@ -41,7 +41,7 @@ import torch
 from mmdet.registry import DATASETS, MODELS
 from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import load_checkpoint
 from mmengine.utils import ProgressBar
@@ -54,6 +54,7 @@ from mmsparse.core.slimming import slim_subnet
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
 from mmsparse.engine.runner.subnet_loops import resolve_subnets
+from mmsparse.engine.sparse_checkpoint import tool_config
 from mmsparse.evaluation.selection import human
 from mmsparse.models import attach_network, detector_predict_run
 
@@ -254,11 +255,7 @@ def main(argv=None):
         raise SystemExit('benchmark_subnets: --device cuda, but torch sees no CUDA device')
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg = tool_config(args)
     model, network = load_sparse_detector(cfg, args.checkpoint)
     specs = resolve_subnets(network, args.subnets)
     batch, source = benchmark_batch(cfg, args.shape)

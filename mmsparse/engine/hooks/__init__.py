@@ -5,6 +5,7 @@ from .rng_state_hook import RNGStateHook
 from .sparse_cocktail_hook import SparseCocktailHook
 from .sparse_subnets_hook import SparseSubnetsHook
 from .spartan_hook import SpartanHook
+from .subnet_bn_stats_hook import SubnetBNStatsHook
 
 __all__ = ['ChaseHook', 'RNGStateHook', 'SparseASTHook', 'SparseCocktailHook',
-           'SparseSubnetsHook', 'SpartanHook']
+           'SparseSubnetsHook', 'SpartanHook', 'SubnetBNStatsHook']

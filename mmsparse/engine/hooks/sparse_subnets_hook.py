@@ -5,6 +5,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmsparse.core import MaskSpec, check_selection, generate_masks, is_mask_key, parse_subnets
+from mmsparse.core.subnet_bn_stats import PREFIX as STORED_BN_PREFIX
+from mmsparse.core.subnet_bn_stats import register_stored_bn_stats
 from mmsparse.core.subnets import cocktail_subnets
 from mmsparse.models import (attach_network, attached_network, sparsify_checkpoint_layers,
                              sparsify_detector)
@@ -64,7 +66,8 @@ def masked_layer_names(state_dict):
 def checkpoint_network(model, path, image_size=(128, 128)):
     """A SparseNetwork of ``model`` over the masked layers checkpoint ``path`` holds (stem
     and heads included, channel groups if its channel masks need them); None if it holds
-    no masks."""
+    no masks. When the checkpoint stores per-subnet BatchNorm statistics, ``model`` gets
+    the buffers that load them."""
     # Memory-mapped: only the key names and the small ratio buffers are read here; the
     # weights are loaded by the caller.
     checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
@@ -73,7 +76,12 @@ def checkpoint_network(model, path, image_size=(128, 128)):
     if not names:
         return None
     channel = [n for n in names if state[f'{n}.mask_channel_ratios'].numel()]
-    return sparsify_checkpoint_layers(model, names, channel, image_size)
+    network = sparsify_checkpoint_layers(model, names, channel, image_size)
+    stored = [v.shape[0] for k, v in state.items()
+              if k.endswith('.' + STORED_BN_PREFIX + 'running_mean')]
+    if stored:  # per-subnet BatchNorm statistics: buffers to load them into
+        register_stored_bn_stats(model, stored[0])
+    return network
 
 
 def holds_masks(network):

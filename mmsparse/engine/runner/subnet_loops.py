@@ -14,10 +14,12 @@ from mmengine.utils import ProgressBar
 
 from mmsparse.core import DENSE, parse_subnet, record_positions, subnet_stats
 from mmsparse.core.batchnorm import recalibrated_bn
+from mmsparse.core.subnet_bn_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.models import attached_network, detector_predict_run
 from mmsparse.registry import LOOPS
 from ..hooks.sparse_subnets_hook import unwrap
+from .calibration import calibration_batches, forward_batches
 
 
 def resolve_subnets(network, subnets):
@@ -49,31 +51,39 @@ class _SubnetEvaluation:
     mmengine's TestLoop / ValLoop, whose constructors take the first four arguments)."""
 
     def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
-                 recalibrate_bn=0):
+                 recalibrate_bn=0, stored_bn=True):
         super().__init__(runner, dataloader, evaluator, fp16)
         self.subnets = subnets
         self.recalibrate_bn = int(recalibrate_bn)
+        self.stored_bn = stored_bn
         self._positions = None
         self._calibration_batches = None
         self._visualization_dirs = {}
 
-    def _calibration(self, model):
-        """Context that recalibrates BatchNorm on training batches, or does nothing.
+    def _bn_source(self, model, network):
+        """Which BatchNorm statistics each subnet is evaluated with: ``'recalibrated'``
+        (``recalibrate_bn`` > 0), ``'stored'`` (the model stores per-subnet statistics,
+        see :class:`~mmsparse.engine.hooks.SubnetBNStatsHook`) or ``'trained'``."""
+        if self.recalibrate_bn:
+            return 'recalibrated'
+        if self.stored_bn and network is not None and check_stored_bn_stats(model, network):
+            return 'stored'
+        return 'trained'
 
-        The batches are read once and reused for every subnet, so subnets are calibrated
-        on the same data.
+    def _calibration(self, model, network, spec, source):
+        """Context giving ``spec`` its BatchNorm statistics from ``source``.
+
+        Recalibration batches are read once and reused for every subnet, so subnets are
+        calibrated on the same data.
         """
-        if not self.recalibrate_bn:
+        if source == 'stored':
+            return stored_bn_stats(network, spec)
+        if source == 'trained':
             return contextlib.nullcontext()
         if self._calibration_batches is None:
-            loader = self.runner.build_dataloader(self.runner.cfg.train_dataloader)
-            self._calibration_batches = []
-            for batch in loader:
-                self._calibration_batches.append(batch)
-                if len(self._calibration_batches) >= self.recalibrate_bn:
-                    break
-        return recalibrated_bn(model, lambda m: [detector_predict_run(b)(m)
-                                                 for b in self._calibration_batches])
+            self._calibration_batches = calibration_batches(self.runner.cfg.train_dataloader,
+                                                            self.recalibrate_bn)
+        return recalibrated_bn(model, forward_batches(self._calibration_batches))
 
     def _stats(self, network, model, spec):
         if network is None:
@@ -119,6 +129,11 @@ class _SubnetEvaluation:
         model = unwrap(self.runner.model)
         network = attached_network(model)
         specs = resolve_subnets(network, self.subnets)
+        source = self._bn_source(model, network)
+        self.runner.logger.info('mmsparse: BatchNorm statistics: ' + dict(
+            recalibrated=f'recalibrated per subnet on {self.recalibrate_bn} training batches',
+            stored='each subnet\'s own, stored in the checkpoint',
+            trained='as trained (shared by all subnets)')[source])
         results = {}
         bar = ProgressBar(len(specs)) if is_main_process() and len(specs) > 1 else None
         try:
@@ -127,7 +142,7 @@ class _SubnetEvaluation:
                     network.set_active(spec)
                 if len(specs) > 1:
                     self._visualize_into(spec)
-                with self._calibration(model):
+                with self._calibration(model, network, spec, source):
                     metrics = self._one_pass()
                 metrics.update(self._stats(network, model, spec))
                 self.runner.logger.info(f'mmsparse: {spec.name}: ' + ', '.join(
@@ -151,6 +166,10 @@ class SubnetTestLoop(_SubnetEvaluation, TestLoop):
             string or a list of names.
         recalibrate_bn: Re-estimate BatchNorm statistics on this many training batches
             per subnet before evaluating it (restored afterwards); 0 to disable.
+        stored_bn: Evaluate each subnet with its own BatchNorm statistics when the model
+            stores them (:class:`~mmsparse.engine.hooks.SubnetBNStatsHook`,
+            ``tools/misc/store_bn_stats.py``) and ``recalibrate_bn`` is 0. False: use the
+            statistics training left, shared by all subnets.
     """
 
     def run(self):

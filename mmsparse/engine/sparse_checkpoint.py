@@ -1,0 +1,51 @@
+"""Load an mmsparse checkpoint outside a Runner (for the tools that edit or export it)."""
+import os.path as osp
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config
+
+from .hooks.sparse_subnets_hook import checkpoint_network
+
+
+def tool_config(args):
+    """The config of a tool taking ``config``, ``checkpoint`` and ``--cfg-options``, after
+    checking that the checkpoint exists (before anything slow is built)."""
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    return cfg
+
+
+def analysis_image_size(cfg):
+    """The SparseSubnetsHook's analysis image size in the config, or its default."""
+    for hook in cfg.get('custom_hooks', None) or []:
+        if 'SparseSubnetsHook' in str(hook.get('type', '')):
+            return tuple(hook.get('analysis_image_size', (128, 128)))
+    return (128, 128)
+
+
+def load_sparse_detector(cfg, checkpoint):
+    """The config's detector with the checkpoint's weights and, when it holds masks, its
+    SparseNetwork (masked layers and stored BatchNorm statistics attached as
+    ``tools/test.py``'s SparseSubnetsHook does), in eval mode.
+
+    Returns:
+        (model, network or None, the checkpoint's meta dict).
+
+    Raises:
+        ValueError: the checkpoint lacks keys of the config's model (another model).
+    """
+    model = MODELS.build(cfg.model)
+    network = checkpoint_network(model, checkpoint, analysis_image_size(cfg))
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    state = ckpt.get('state_dict', ckpt)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    missing, _ = model.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f'{checkpoint} does not match the config\'s model: missing '
+                         f'{missing[:5]} ... ({len(missing)} keys)')
+    model.eval()
+    return model, network, ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
