@@ -93,16 +93,21 @@ def test_resume_continues_exactly(uninterrupted):
         assert all(torch.equal(a[k], b[k]) for k in a), f'weights at {t}'
 
 
-def test_two_gloo_processes_agree_on_masks_and_subnets(tmp_path, tiny_data):
+def test_two_gloo_processes_agree_on_masks_subnets_and_stored_bn_stats(tmp_path, tiny_data):
+    """Each rank calibrates BatchNorm on its own shard of the data; SubnetBNStatsHook makes
+    the stored statistics rank 0's everywhere."""
     cfg = _config(tmp_path, textwrap.dedent('''
         custom_imports = dict(imports=['subnet_trace_hook'])
-        custom_hooks = [*_base_.custom_hooks, dict(type='SubnetTraceHook')]
+        custom_hooks = [*_base_.custom_hooks, dict(type='SubnetTraceHook'),
+                        dict(type='mmsparse.SubnetBNStatsHook', batches=1)]
         train_cfg = dict(max_iters=6, val_interval=1000)
     '''))
     _, (r0, r1), _ = train_two_ranks(cfg, tmp_path / 'work', 29647)
     assert r0['trace'] == r1['trace'] and len(r0['trace']) == 6
     assert [name for _, name in r0['trace']][::2] == ['dense'] * 3
     assert_same_tensors(r0['masks'], r1['masks'])
+    assert r0['bn_stats']['backbone.layer1.0.bn1.subnet_running_mean'].shape == (24, 16)
+    assert_same_tensors(r0['bn_stats'], r1['bn_stats'])
 
 
 @pytest.mark.parametrize('name', ['faster-rcnn_r50_fpn_cocktail_1x_coco.py',

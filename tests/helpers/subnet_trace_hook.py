@@ -10,7 +10,8 @@ from mmsparse.core import is_mask_key
 
 @HOOKS.register_module()
 class SubnetTraceHook(Hook):
-    """Write ``work_dir/trace_rank{r}.pth``: [(iter, subnet)] and the final mask buffers."""
+    """Write ``work_dir/trace_rank{r}.pth``: [(iter, subnet)], the final mask buffers and
+    the stored per-subnet BatchNorm statistics (empty without SubnetBNStatsHook)."""
 
     priority = 'LOW'  # after SparseCocktailHook chose the subnet
 
@@ -25,7 +26,8 @@ class SubnetTraceHook(Hook):
         self.trace.append([runner.iter, network.active.name])
 
     def after_train(self, runner):
-        masks = {k: v.clone() for k, v in self._model(runner).state_dict().items()
-                 if is_mask_key(k)}
-        torch.save(dict(trace=self.trace, masks=masks),
+        state = self._model(runner).state_dict()
+        masks = {k: v.clone() for k, v in state.items() if is_mask_key(k)}
+        bn_stats = {k: v.clone() for k, v in state.items() if '.subnet_running_' in k}
+        torch.save(dict(trace=self.trace, masks=masks, bn_stats=bn_stats),
                    f'{runner.work_dir}/trace_rank{get_rank()}.pth')
