@@ -51,7 +51,9 @@ def _probe(trained, name, *args):
     cfg = trained['root'] / f'{name}_cfg.py'
     cfg.write_text(f"_base_ = ['{trained['cfg']}']\n"
                    "custom_imports = dict(imports=['bn_probe_hook'])\n"
-                   "custom_hooks = [dict(type='BNProbeHook', out='" + str(probe) + "')]\n")
+                   # the training config's hooks stay (SparseSubnetsHook with subnets)
+                   "custom_hooks = [*_base_.custom_hooks, dict(type='BNProbeHook', out='"
+                   + str(probe) + "')]\n")
     result = run_tool(['tools/test.py', cfg, trained['ckpt'], '--work-dir',
                        trained['root'] / name, '--subnets', 'all', *args])
     assert_ok(result)
@@ -75,3 +77,10 @@ def test_trained_bn_ignores_the_stored_statistics(trained):
     loaded, during, log = _probe(trained, 'trained', '--trained-bn')
     assert all(v == loaded for v in during.values())
     assert 'as trained (shared by all subnets)' in log
+
+
+def test_training_from_the_checkpoint_drops_the_stored_statistics(trained):
+    log = train(trained['cfg'], trained['root'] / 'again', '--cfg-options',
+                f'load_from={trained["ckpt"]}', 'train_cfg.max_iters=1',
+                'train_cfg.val_interval=1000', 'custom_hooks.1.batches=1')
+    assert "dropped the checkpoint's stored per-subnet BatchNorm statistics" in log

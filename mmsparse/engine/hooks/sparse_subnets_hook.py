@@ -6,7 +6,8 @@ from mmengine.model import is_model_wrapper
 
 from mmsparse.core import MaskSpec, check_selection, generate_masks, is_mask_key, parse_subnets
 from mmsparse.core.subnet_bn_stats import PREFIX as STORED_BN_PREFIX
-from mmsparse.core.subnet_bn_stats import register_stored_bn_stats
+from mmsparse.core.subnet_bn_stats import (drop_stored_bn_stats, register_stored_bn_stats,
+                                           stored_bn_count)
 from mmsparse.core.subnets import cocktail_subnets
 from mmsparse.models import (attach_network, attached_network, sparsify_checkpoint_layers,
                              sparsify_detector)
@@ -77,11 +78,19 @@ def checkpoint_network(model, path, image_size=(128, 128)):
         return None
     channel = [n for n in names if state[f'{n}.mask_channel_ratios'].numel()]
     network = sparsify_checkpoint_layers(model, names, channel, image_size)
-    stored = [v.shape[0] for k, v in state.items()
-              if k.endswith('.' + STORED_BN_PREFIX + 'running_mean')]
-    if stored:  # per-subnet BatchNorm statistics: buffers to load them into
-        register_stored_bn_stats(model, stored[0])
+    register_checkpoint_bn_stats(model, path)
     return network
+
+
+def register_checkpoint_bn_stats(model, path):
+    """Give ``model`` the buffers that load checkpoint ``path``'s stored per-subnet
+    BatchNorm statistics, when it holds some (otherwise they would be dropped as
+    unexpected keys)."""
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    stored = [v.shape[0] for k, v in checkpoint.get('state_dict', checkpoint).items()
+              if k.endswith('.' + STORED_BN_PREFIX + 'running_mean')]
+    if stored:
+        register_stored_bn_stats(model, stored[0])
 
 
 def holds_masks(network):
@@ -138,6 +147,8 @@ class SparseSubnetsHook(Hook):
                                         sparsify_output_layers=self.sparsify_output_layers,
                                         channel_groups=self.channel_groups)
             check_selection(network, self.subnets, self.mask_spec.block_shape)
+            if runner.cfg.get('load_from'):  # e.g. tools/test.py with a training config
+                register_checkpoint_bn_stats(model, runner.cfg.load_from)
         else:
             load_from = runner.cfg.get('load_from')
             network = (checkpoint_network(model, load_from, self.analysis_image_size)
@@ -154,6 +165,11 @@ class SparseSubnetsHook(Hook):
         network = attached_network(unwrap(runner.model))
         if network is None:
             return
+        if stored_bn_count(network.model):
+            # Training changes the weights the loaded statistics were estimated for.
+            drop_stored_bn_stats(network.model)
+            runner.logger.info('mmsparse: dropped the checkpoint\'s stored per-subnet '
+                               'BatchNorm statistics (training makes them stale)')
         if hasattr(runner.optim_wrapper, 'masked_params'):  # mmsparse's wrappers
             runner.optim_wrapper.masked_params = {layer.dense_weight: layer
                                                   for layer in network.layers.values()}
