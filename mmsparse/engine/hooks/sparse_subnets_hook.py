@@ -64,30 +64,34 @@ def masked_layer_names(state_dict):
     return names if filled else []
 
 
+def checkpoint_state(path):
+    """The state dict of checkpoint ``path``, memory-mapped: only what the caller reads
+    (key names, the small ratio buffers) comes off the disk; the weights are loaded later
+    by mmengine or the caller."""
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    return checkpoint.get('state_dict', checkpoint)
+
+
 def checkpoint_network(model, path, image_size=(128, 128)):
     """A SparseNetwork of ``model`` over the masked layers checkpoint ``path`` holds (stem
     and heads included, channel groups if its channel masks need them); None if it holds
     no masks. When the checkpoint stores per-subnet BatchNorm statistics, ``model`` gets
     the buffers that load them."""
-    # Memory-mapped: only the key names and the small ratio buffers are read here; the
-    # weights are loaded by the caller.
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    state = checkpoint.get('state_dict', checkpoint)
+    state = checkpoint_state(path)
     names = masked_layer_names(state)
     if not names:
         return None
     channel = [n for n in names if state[f'{n}.mask_channel_ratios'].numel()]
     network = sparsify_checkpoint_layers(model, names, channel, image_size)
-    register_checkpoint_bn_stats(model, path)
+    register_checkpoint_bn_stats(model, state)
     return network
 
 
-def register_checkpoint_bn_stats(model, path):
-    """Give ``model`` the buffers that load checkpoint ``path``'s stored per-subnet
+def register_checkpoint_bn_stats(model, state):
+    """Give ``model`` the buffers that load a checkpoint state dict's stored per-subnet
     BatchNorm statistics, when it holds some (otherwise they would be dropped as
     unexpected keys)."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    stored = [v.shape[0] for k, v in checkpoint.get('state_dict', checkpoint).items()
+    stored = [v.shape[0] for k, v in state.items()
               if k.endswith('.' + STORED_BN_PREFIX + 'running_mean')]
     if stored:
         register_stored_bn_stats(model, stored[0])
@@ -148,7 +152,7 @@ class SparseSubnetsHook(Hook):
                                         channel_groups=self.channel_groups)
             check_selection(network, self.subnets, self.mask_spec.block_shape)
             if runner.cfg.get('load_from'):  # e.g. tools/test.py with a training config
-                register_checkpoint_bn_stats(model, runner.cfg.load_from)
+                register_checkpoint_bn_stats(model, checkpoint_state(runner.cfg.load_from))
         else:
             load_from = runner.cfg.get('load_from')
             network = (checkpoint_network(model, load_from, self.analysis_image_size)
