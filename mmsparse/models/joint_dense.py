@@ -82,6 +82,8 @@ class JointDenseLoss:
     def describe(self):
         """The non-default options in words, for the training log ('' for none)."""
         notes = []
+        if self.weight != 1.0:
+            notes.append(f'dense weight {self.weight:g}')
         if self.split_batch:
             notes.append('split batch' + (f', dense share {self.dense_share}'
                                           if self.dense_share != 0.5 else ''))

@@ -179,6 +179,7 @@ def test_joint_dense_and_distillation_together_are_an_error():
     (dict(split_batch=True), 'split batch'),
     (dict(split_batch=True, dense_share=0.75, mean_losses=True),
      'split batch, dense share 0.75, losses weighted by batch share'),
-    (dict(mean_losses=True), 'losses weighted by batch share')])
+    (dict(mean_losses=True), 'losses weighted by batch share'),
+    (dict(split_batch=True, weight=2.0), 'dense weight 2, split batch')])
 def test_the_training_log_names_the_non_default_options(options, words):
     assert JointDenseLoss(torch.nn.Linear(1, 1), None, **options).describe() == words
