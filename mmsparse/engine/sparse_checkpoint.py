@@ -2,8 +2,11 @@
 import os.path as osp
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from mmdet.registry import MODELS
 from mmengine.config import Config
+
+from mmsparse.models import attach_network
 
 from .hooks.sparse_subnets_hook import checkpoint_network
 
@@ -30,22 +33,28 @@ def analysis_image_size(cfg):
 def load_sparse_detector(cfg, checkpoint):
     """The config's detector with the checkpoint's weights and, when it holds masks, its
     SparseNetwork (masked layers and stored BatchNorm statistics attached as
-    ``tools/test.py``'s SparseSubnetsHook does), in eval mode.
+    ``tools/test.py``'s SparseSubnetsHook does, and remembered on the model), in eval mode.
 
     Returns:
         (model, network or None, the checkpoint's meta dict).
 
     Raises:
-        ValueError: the checkpoint lacks keys of the config's model (another model).
+        ValueError: the checkpoint lacks keys of the config's model (another model). mmengine
+            would only warn, and the tool would then run on random weights.
     """
     model = MODELS.build(cfg.model)
-    network = checkpoint_network(model, checkpoint, analysis_image_size(cfg))
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    # Memory-mapped and read once: the masks' layout comes from the small ratio buffers,
+    # the weights are paged in as the model copies them.
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
     state = ckpt.get('state_dict', ckpt)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    # A checkpoint saved from a DDP-wrapped model (not by mmengine, which unwraps it).
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    network = checkpoint_network(model, state, analysis_image_size(cfg))
+    if network is not None:
+        attach_network(model, network)
     missing, _ = model.load_state_dict(state, strict=False)
     if missing:
-        raise ValueError(f'{checkpoint} does not match the config\'s model: missing '
-                         f'{missing[:5]} ... ({len(missing)} keys)')
+        raise ValueError(f'checkpoint {checkpoint!r} does not fit the config\'s model: '
+                         f'{len(missing)} keys missing, e.g. {", ".join(missing[:3])}')
     model.eval()
-    return model, network, ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
+    return model, network, ckpt.get('meta', {})

@@ -38,12 +38,11 @@ import time
 from pathlib import Path
 
 import torch
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import DATASETS
 from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 from mmengine.dataset import pseudo_collate
-from mmengine.runner import load_checkpoint
 from mmengine.utils import ProgressBar
 
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
@@ -52,11 +51,10 @@ from mmsparse.core import DENSE, record_positions, subnet_stats
 from mmsparse.core.layers import MASKABLE_TYPES
 from mmsparse.core.slimming import slim_subnet
 from mmsparse.datasets import check_dataset_paths
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
 from mmsparse.engine.runner.subnet_loops import resolve_subnets
-from mmsparse.engine.sparse_checkpoint import tool_config
+from mmsparse.engine.sparse_checkpoint import load_sparse_detector, tool_config
 from mmsparse.evaluation.selection import human
-from mmsparse.models import attach_network, detector_predict_run
+from mmsparse.models import detector_predict_run
 
 
 def parse_args(argv=None):
@@ -82,31 +80,6 @@ def parse_args(argv=None):
     if args.repeat < 1 or args.warmup < 0:
         p.error('--repeat must be >= 1 and --warmup >= 0')
     return args
-
-
-def load_sparse_detector(cfg, checkpoint, analysis_image_size=(128, 128)):
-    """The config's detector with the checkpoint's weights and masks, as ``tools/test.py``
-    loads it (:class:`~mmsparse.engine.hooks.SparseSubnetsHook` with no subnets).
-
-    Returns:
-        (model, network): network is None when the checkpoint holds no masks.
-    """
-    register_all_modules()
-    model = MODELS.build(cfg.model)
-    network = checkpoint_network(model, checkpoint, analysis_image_size)
-    if network is not None:
-        attach_network(model, network)
-    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=False,
-                             logger='silent')
-    # mmengine only warns about missing keys; a checkpoint of another model would then be
-    # benchmarked with random weights, and its RoI counts (hence latency) would be wrong.
-    keys = {k[len('module.'):] if k.startswith('module.') else k
-            for k in loaded.get('state_dict', loaded)}
-    missing = sorted(set(model.state_dict()) - keys)
-    if missing:
-        raise ValueError(f'checkpoint {checkpoint!r} does not fit the config\'s model: '
-                         f'{len(missing)} keys missing, e.g. {", ".join(missing[:3])}')
-    return model.eval(), network
 
 
 def benchmark_batch(cfg, shape=None):
@@ -255,8 +228,9 @@ def main(argv=None):
         raise SystemExit('benchmark_subnets: --device cuda, but torch sees no CUDA device')
     if args.threads:
         torch.set_num_threads(args.threads)
+    register_all_modules()
     cfg = tool_config(args)
-    model, network = load_sparse_detector(cfg, args.checkpoint)
+    model, network, _ = load_sparse_detector(cfg, args.checkpoint)
     specs = resolve_subnets(network, args.subnets)
     batch, source = benchmark_batch(cfg, args.shape)
     rows = benchmark(model, network, specs, batch, args.device, args.warmup, args.repeat,

@@ -72,12 +72,16 @@ def checkpoint_state(path):
     return checkpoint.get('state_dict', checkpoint)
 
 
-def checkpoint_network(model, path, image_size=(128, 128)):
-    """A SparseNetwork of ``model`` over the masked layers checkpoint ``path`` holds (stem
-    and heads included, channel groups if its channel masks need them); None if it holds
-    no masks. When the checkpoint stores per-subnet BatchNorm statistics, ``model`` gets
-    the buffers that load them."""
-    state = checkpoint_state(path)
+def checkpoint_network(model, checkpoint, image_size=(128, 128)):
+    """A SparseNetwork of ``model`` over the masked layers a checkpoint holds (stem and
+    heads included, channel groups if its channel masks need them); None if it holds no
+    masks. When the checkpoint stores per-subnet BatchNorm statistics, ``model`` gets the
+    buffers that load them.
+
+    Args:
+        checkpoint: The checkpoint's path, or its state dict when the caller has read it.
+    """
+    state = checkpoint if isinstance(checkpoint, dict) else checkpoint_state(checkpoint)
     names = masked_layer_names(state)
     if not names:
         return None

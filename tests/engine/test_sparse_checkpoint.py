@@ -1,0 +1,53 @@
+"""mmsparse.engine.sparse_checkpoint.load_sparse_detector: the tools' one way to load a
+checkpoint outside a Runner (weights, masks and the network, once, or a clear error)."""
+import pytest
+import torch
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+
+from conftest import TINY_CONFIG
+from mmsparse.core import generate_masks
+from mmsparse.engine.sparse_checkpoint import load_sparse_detector
+from mmsparse.models import attached_network, sparsify_detector
+
+SUBNETS = ['dense', 'unstructured@0.50', 'nm@2:4']
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """A tiny detector with masks, saved as mmengine does and as a DDP-wrapped model's
+    ``state_dict()`` would be (every key prefixed ``module.``)."""
+    register_all_modules()
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    generate_masks(sparsify_detector(model), SUBNETS)
+    state = model.state_dict()
+    root = tmp_path_factory.mktemp('ckpt')
+    torch.save(dict(meta=dict(iter=7), state_dict=state), root / 'plain.pth')
+    torch.save(dict(state_dict={f'module.{k}': v for k, v in state.items()}),
+               root / 'ddp.pth')
+    return cfg, state, root
+
+
+@pytest.mark.parametrize('name', ['plain.pth', 'ddp.pth'])
+def test_weights_masks_and_network_load(saved, name):
+    cfg, state, root = saved
+    model, network, meta = load_sparse_detector(cfg, str(root / name))
+    assert not model.training and attached_network(model) is network
+    assert [s.name for s in network.subnets()] == SUBNETS
+    assert meta == (dict(iter=7) if name == 'plain.pth' else {})
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_another_models_checkpoint_is_refused(saved):
+    cfg, state, root = saved
+    other = {k: v for k, v in state.items() if k != 'roi_head.bbox_head.fc_cls.weight'}
+    torch.save(dict(state_dict=other), root / 'other.pth')
+    with pytest.raises(ValueError, match=r"other.pth' does not fit the config's model: 1 keys "
+                                         'missing, e.g. roi_head.bbox_head.fc_cls.weight'):
+        load_sparse_detector(cfg, str(root / 'other.pth'))
