@@ -1,14 +1,12 @@
 """Load an mmsparse checkpoint outside a Runner (for the tools that edit or export it)."""
 import os.path as osp
 
-import torch
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from mmsparse.models import attach_network
 
-from .hooks.sparse_subnets_hook import checkpoint_network
+from .hooks.sparse_subnets_hook import checkpoint_network, read_checkpoint
 
 
 def tool_config(args):
@@ -43,12 +41,8 @@ def load_sparse_detector(cfg, checkpoint):
             would only warn, and the tool would then run on random weights.
     """
     model = MODELS.build(cfg.model)
-    # Memory-mapped and read once: the masks' layout comes from the small ratio buffers,
-    # the weights are paged in as the model copies them.
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
-    state = ckpt.get('state_dict', ckpt)
-    # A checkpoint saved from a DDP-wrapped model (not by mmengine, which unwraps it).
-    consume_prefix_in_state_dict_if_present(state, 'module.')
+    # Read once; the DDP 'module.' prefix, if any, is already removed.
+    state, meta = read_checkpoint(checkpoint)
     network = checkpoint_network(model, state, analysis_image_size(cfg))
     if network is not None:
         attach_network(model, network)
@@ -57,4 +51,4 @@ def load_sparse_detector(cfg, checkpoint):
         raise ValueError(f'checkpoint {checkpoint!r} does not fit the config\'s model: '
                          f'{len(missing)} keys missing, e.g. {", ".join(missing[:3])}')
     model.eval()
-    return model, network, ckpt.get('meta', {})
+    return model, network, meta

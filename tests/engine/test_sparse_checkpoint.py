@@ -8,6 +8,7 @@ from mmengine.config import Config
 
 from conftest import TINY_CONFIG
 from mmsparse.core import generate_masks
+from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
 from mmsparse.engine.sparse_checkpoint import load_sparse_detector
 from mmsparse.models import attached_network, sparsify_detector
 
@@ -51,3 +52,15 @@ def test_another_models_checkpoint_is_refused(saved):
     with pytest.raises(ValueError, match=r"other.pth' does not fit the config's model: 1 keys "
                                          'missing, e.g. roi_head.bbox_head.fc_cls.weight'):
         load_sparse_detector(cfg, str(root / 'other.pth'))
+
+
+@pytest.mark.parametrize('name', ['plain.pth', 'ddp.pth'])
+def test_test_tool_path_finds_masks_of_either_checkpoint(saved, name):
+    """SparseSubnetsHook(subnets=None), as in ``tools/test.py``, reads the masked layers
+    from the checkpoint's path: a DDP-prefixed one must not look mask-free."""
+    cfg, state, root = saved
+    network = checkpoint_network(MODELS.build(cfg.model), str(root / name))
+    assert network is not None
+    saved_layers = {k[:-len('.mask_unstructured_ratios')] for k in state
+                    if k.endswith('.mask_unstructured_ratios')}
+    assert set(network.layers) == saved_layers

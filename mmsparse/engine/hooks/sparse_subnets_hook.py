@@ -1,5 +1,6 @@
 """Attach mmsparse's masked layers to the Runner's model (train and test)."""
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -64,12 +65,24 @@ def masked_layer_names(state_dict):
     return names if filled else []
 
 
-def checkpoint_state(path):
-    """The state dict of checkpoint ``path``, memory-mapped: only what the caller reads
-    (key names, the small ratio buffers) comes off the disk; the weights are loaded later
-    by mmengine or the caller."""
+def read_checkpoint(path):
+    """The state dict and meta dict of checkpoint ``path``, memory-mapped: only what the
+    caller reads (key names, the small ratio buffers) comes off the disk; the weights are
+    loaded later by mmengine or the caller.
+
+    A checkpoint saved from a DDP-wrapped model (not by mmengine, which unwraps it) has
+    every key prefixed ``module.``; the prefix is removed, as mmengine's loader does, so
+    its masked layers are found under the model's own names.
+    """
     checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    return checkpoint.get('state_dict', checkpoint)
+    state = checkpoint.get('state_dict', checkpoint)
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    return state, checkpoint.get('meta', {})
+
+
+def checkpoint_state(path):
+    """The state dict of checkpoint ``path`` (see ``read_checkpoint``)."""
+    return read_checkpoint(path)[0]
 
 
 def checkpoint_network(model, checkpoint, image_size=(128, 128)):
