@@ -85,17 +85,21 @@ def recommended(tmp_path_factory, tiny_data):
     return root, cfg, train(cfg, root / 'a')
 
 
+def test_recommended_options_take_effect(recommended):
+    """The run the resume test below checks really has a weighted joint step and N:M twice."""
+    _, _, log = recommended
+    cycle = ['unstructured', 'channel', 'nm', 'nm']
+    trained = {int(x.split('iteration ')[1].split()[0]): x.split(' trained ')[1].split('@')[0]
+               for x in log.splitlines() if 'mmsparse: iteration' in x and ' trained ' in x}
+    assert len(trained) >= 4 and all(cycle[t % 4] == p for t, p in trained.items()), trained
+    assert 'and dense (dense weight 2, split batch)' in log
+
+
 @pytest.mark.parametrize('run', ['uninterrupted', 'recommended'])
 def test_resume_continues_exactly(run, request):
     """Stop after 5 iterations (what a stopped run leaves: its iteration-5 checkpoint) and
     --resume: subnets, stages, masks and weights continue exactly as without the stop."""
     root, cfg, log = request.getfixturevalue(run)
-    if run == 'recommended':  # the options took effect: a weighted joint step, nm twice
-        cycle = ['unstructured', 'channel', 'nm', 'nm']
-        trained = {int(x.split('iteration ')[1].split()[0]): x.split(' trained ')[1].split('@')[0]
-                   for x in log.splitlines() if 'mmsparse: iteration' in x and ' trained ' in x}
-        assert len(trained) >= 4 and all(cycle[t % 4] == p for t, p in trained.items()), trained
-        assert 'and dense (dense weight 2, split batch)' in log
     work = root / 'b'
     work.mkdir()
     shutil.copy(root / 'a/iter_5.pth', work / 'iter_5.pth')
