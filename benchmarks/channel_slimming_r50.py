@@ -2,7 +2,7 @@
 FLOP reduction (random init, no download).
 
 For ``channel@0.30`` and ``channel@0.50`` (masks from unified mask generation) the subnet is
-exported with ``mmsparse.core.slimming.slim_subnet``: removed channels are physically sliced
+exported with ``mmsparse.core.export.slimming.slim_subnet``: removed channels are physically sliced
 out, so the exported model is a smaller ordinary MMDetection model. Dense is exported the same
 way (an ordinary model without mask machinery), so all three run the same code.
 
@@ -60,7 +60,7 @@ from mmengine.logging import MMLogger
 from torch.profiler import ProfilerActivity, profile
 
 from mmsparse.core import DENSE, generate_masks, record_positions
-from mmsparse.core.slimming import slim_subnet
+from mmsparse.core.export.slimming import slim_subnet
 from mmsparse.models import detector_predict_run, sparsify_detector
 
 from core_mask_rcnn_r50 import build_model  # benchmarks/ (scripts run from there)

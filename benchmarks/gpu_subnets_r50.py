@@ -7,7 +7,7 @@ Subnets (masks from unified mask generation on the random weights):
   smaller model on dense kernels);
 * ``nm@2:4``: masks folded in (dense-shaped, zeros), run on dense kernels, and again with its
   2:4 ``nn.Linear`` layers (the RoI box head's two shared FCs) converted by
-  ``mmsparse.core.export.to_semi_structured`` (cuSPARSELt). cuSPARSELt has no fp32 kernels
+  ``mmsparse.core.export.deploy.to_semi_structured`` (cuSPARSELt). cuSPARSELt has no fp32 kernels
   and CUTLASS's need compute capability 8.x, so on a Hopper GPU only the fp16 rows can use
   them. Convolutions stay dense: torch has no 2:4 convolution.
 
@@ -38,8 +38,8 @@ from mmdet.testing import demo_mm_inputs
 from mmengine.logging import MMLogger
 
 from mmsparse.core import DENSE, generate_masks, record_positions
-from mmsparse.core.export import to_semi_structured
-from mmsparse.core.slimming import slim_subnet
+from mmsparse.core.export.deploy import to_semi_structured
+from mmsparse.core.export.slimming import slim_subnet
 from mmsparse.models import detector_predict_run, sparsify_detector
 
 from core_mask_rcnn_r50 import build_model  # benchmarks/ (scripts run from there)

@@ -13,6 +13,8 @@ from mmsparse.core import is_mask_key
 from mmsparse.datasets.shapes import ShapesSpec, dataset_is_current, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+# Test helpers (tiny models, trace hooks) import by bare name from every test folder.
+sys.path.insert(0, str(REPO / 'tests/helpers'))
 TINY_CONFIG = REPO / 'configs/shapes/mask-rcnn_r18_fpn_shapes_tiny.py'
 TINY_DATA = REPO / 'data/shapes_tiny'
 TINY_SPEC = ShapesSpec(image_size=64, num_train=8, num_val=4, max_objects=3, min_size=0.12,

@@ -1,15 +1,22 @@
-"""Framework-free core of mmsparse: imports torch only (no mmengine, mmdet or mmcv)."""
-from .allocation import erk_densities
+"""Framework-free core of mmsparse: imports torch only (no mmengine, mmdet or mmcv).
+
+The kernel every method uses sits at the top level: subnet names (:mod:`.subnets`), pure
+mask functions (:mod:`.patterns`), masked layers (:mod:`.layers`), attaching them to a model
+(:mod:`.attach`), unified mask generation (:mod:`.umg`) and measured statistics
+(:mod:`.stats`). Around it: :mod:`.graph` (channel dependencies), :mod:`.batchnorm`,
+:mod:`.methods` (AST, Chase, Spartan, schedules, ...) and :mod:`.export`.
+"""
 from .attach import (ChannelOutputMask, LayerSelectionError, SparseNetwork, check_selection,
                      select_layers)
-from .dependency import ChannelInfo, GraphInfo, analyze_channels
+from .batchnorm.switchable import SwitchableBatchNorm
+from .export.slimming import SlimmingError, channel_keep, fold_masks, slim_channels, slim_subnet
+from .graph import ChannelInfo, GraphInfo, analyze_channels
 from .layers import MaskedLayerMixin, is_mask_key, is_masked, make_masked, masked_layers
+from .methods.allocation import erk_densities
 from .patterns import SparsitySpecError
-from .slimming import SlimmingError, channel_keep, fold_masks, slim_channels, slim_subnet
 from .stats import SubnetStats, record_positions, subnet_stats
 from .subnets import (DENSE, SubnetNameError, SubnetSpec, cocktail_subnets, parse_subnet,
                       parse_subnets)
-from .switchable_bn import SwitchableBatchNorm
 from .umg import MaskSpec, generate_masks
 
 __all__ = [

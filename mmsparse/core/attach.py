@@ -7,7 +7,7 @@ import fnmatch
 
 import torch
 
-from .dependency import analyze_channels
+from .graph.dependency import analyze_channels
 from .layers import MASKABLE_TYPES, make_masked, masked_layers, weight_axes
 from .patterns import SparsitySpecError, check_block_shape, check_nm
 from .subnets import DENSE, SubnetNameError, parse_subnet

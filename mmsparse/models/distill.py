@@ -10,8 +10,8 @@ under DDP (the hooks fire inside DDP's forward).
 import torch
 
 from mmsparse.core import DENSE
-from mmsparse.core.batchnorm import batchnorms
-from mmsparse.core.distill import sigmoid_kd, softmax_kd
+from mmsparse.core.batchnorm.recalibration import batchnorms
+from mmsparse.core.methods.distill import sigmoid_kd, softmax_kd
 from .detector_call import batch_of, forward_mode
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmsparse.core import SparseNetwork, generate_masks
-from mmsparse.core.chase import select_channels
+from mmsparse.core.methods.chase import select_channels
 from mmsparse.core.patterns import nested_levels
 from mmsparse.core.subnets import parse_subnet
 from tiny_models import FPNLike, build

@@ -18,7 +18,7 @@ import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint g
 from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, train,
                       train_two_ranks)
 from mmsparse.core import SparseNetwork, check_selection, generate_masks, parse_subnets
-from mmsparse.core.ast import regrow_fraction, regrow_level, regrow_nm
+from mmsparse.core.methods.ast import regrow_fraction, regrow_level, regrow_nm
 from mmsparse.core.patterns import keep_count
 from mmsparse.engine.hooks import SparseASTHook
 from mmsparse.engine.optimizers import SparseOptimWrapper

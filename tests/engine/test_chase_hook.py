@@ -13,7 +13,7 @@ from mmengine.config import Config
 import mmsparse.engine  # noqa: F401  (registers the hooks, allow-lists checkpoint globals)
 from conftest import REPO, TINY_CONFIG, assert_same_tensors, train, train_two_ranks
 from mmsparse.core import is_mask_key
-from mmsparse.core.chase import ChaseSchedule, channel_keeps, weight_masks
+from mmsparse.core.methods.chase import ChaseSchedule, channel_keeps, weight_masks
 from mmsparse.models import detector_loss_run, sparsify_detector
 from mmsparse.registry import HOOKS
 

@@ -14,7 +14,7 @@ import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, run_tool,
                       tiny_cocktail_config, train, train_two_ranks)
 from mmsparse.core import cocktail_subnets, generate_masks, is_mask_key
-from mmsparse.core.schedules import stage_at
+from mmsparse.core.methods.schedules import stage_at
 from mmsparse.models import sparsify_detector
 
 ITERS = 12

@@ -14,8 +14,8 @@ import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, train,
                       train_two_ranks)
 from mmsparse.core import SparsitySpecError, cocktail_subnets, generate_masks
-from mmsparse.core.chase import channel_floor
-from mmsparse.core.mask_sources import chase_channel_masks
+from mmsparse.core.methods.chase import channel_floor
+from mmsparse.core.methods.mask_sources import chase_channel_masks
 from mmsparse.core.patterns import global_levels, keep_count
 from mmsparse.engine.hooks import SparseCocktailHook
 from mmsparse.engine.hooks.mask_sources import CocktailMaskSources

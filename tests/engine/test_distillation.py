@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_cocktail_config, train
-from mmsparse.core.distill import sigmoid_kd, softmax_kd
+from mmsparse.core.methods.distill import sigmoid_kd, softmax_kd
 
 
 def test_kd_terms_are_zero_for_identical_teacher_and_positive_otherwise():

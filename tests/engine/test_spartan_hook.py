@@ -12,7 +12,7 @@ from conftest import (REPO, TINY_CONFIG, assert_ok, assert_same_tensors, run_too
                       train_two_ranks)
 from mmsparse.core import is_mask_key
 from mmsparse.core.patterns import keep_count
-from mmsparse.core.spartan import SpartanSchedule
+from mmsparse.core.methods.spartan import SpartanSchedule
 
 ITERS = 10  # density 1 -> 0.2 over iterations 0..2, frozen from iteration 8
 

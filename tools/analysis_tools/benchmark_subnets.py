@@ -5,7 +5,7 @@ Example::
     python tools/analysis_tools/benchmark_subnets.py CONFIG CHECKPOINT \\
         --subnets dense,channel@0.27,nm@2:4 --device cpu --repeat 20 --out-dir bench/
 
-For each subnet the model actually deployed is measured: ``mmsparse.core.slimming.slim_subnet``
+For each subnet the model actually deployed is measured: ``mmsparse.core.export.slimming.slim_subnet``
 folds the subnet's masks into the weights and, for channel subnets, physically slices the
 removed channels out, leaving an ordinary (smaller) MMDetection model. Its inference
 (``model.predict`` on one preprocessed image, ``torch.inference_mode``) is timed after
@@ -49,7 +49,7 @@ import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (allow-lists checkpoint globals)
 from mmsparse.core import DENSE, record_positions, subnet_stats
 from mmsparse.core.layers import MASKABLE_TYPES
-from mmsparse.core.slimming import slim_subnet
+from mmsparse.core.export.slimming import slim_subnet
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.runner.subnet_loops import resolve_subnets
 from mmsparse.engine.sparse_checkpoint import load_sparse_detector, tool_config

@@ -21,7 +21,7 @@ from mmengine.utils import ProgressBar
 
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from mmsparse.core.subnet_bn_stats import store_subnet_bn_stats
+from mmsparse.core.batchnorm.stored_stats import store_subnet_bn_stats
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.runner.calibration import calibration_batches, forward_batches

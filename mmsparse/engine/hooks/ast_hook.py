@@ -6,9 +6,9 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE, parse_subnets
-from mmsparse.core.ast import (ast_subnet_index, gradual_sparsity, nm_magnitude, regrow_fraction,
-                               regrow_level, regrow_nm, scheduled_levels, update_due)
-from mmsparse.core.switchable_bn import OptimizerStateSlots, SwitchableBatchNorm
+from mmsparse.core.methods.ast import (ast_subnet_index, gradual_sparsity, nm_magnitude, regrow_fraction,
+                                       regrow_level, regrow_nm, scheduled_levels, update_due)
+from mmsparse.core.batchnorm.switchable import OptimizerStateSlots, SwitchableBatchNorm
 from mmsparse.registry import HOOKS
 from .sparse_subnets_hook import SparseSubnetsHook, broadcast_masks, required_network, unwrap
 
@@ -33,7 +33,7 @@ class SparseASTHook(Hook):
     ``regrow_end``: each subnet, at its first own iteration of every interval, drops its
     smallest |w| and regrows the pruned weights with the largest gradient of its effective
     weight, a fraction cosine-decaying from ``regrow_initial`` to ``regrow_final``.
-    Unstructured masks stay nested (see :mod:`mmsparse.core.ast`). Masks are broadcast from
+    Unstructured masks stay nested (see :mod:`mmsparse.core.methods.ast`). Masks are broadcast from
     rank 0 after every update. Pair with ``optim_wrapper=dict(type='mmsparse.SparseOptimWrapper',
     gradient_correction=dict(group_size=K))``: its groups of K iterations are exactly one
     pass over the subnets in this hook's order (checked at ``before_train``).
@@ -43,7 +43,7 @@ class SparseASTHook(Hook):
             ``dense``); default: the sparse subnets of :class:`SparseSubnetsHook`, sorted.
             Must be every sparse subnet the model holds.
         switchable_bn: One set of BatchNorm statistics and affine parameters per subnet
-            (:mod:`mmsparse.core.switchable_bn`), switched with the active subnet.
+            (:mod:`mmsparse.core.batchnorm.switchable`), switched with the active subnet.
         swap_bn_optimizer_state: Keep the optimizer state (momentum) of the BN parameters
             per subnet too; False shares it across subnets.
         bn_exclude: BatchNorm module names that stay shared.

@@ -2,8 +2,8 @@
 from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 
-from mmsparse.core.chase import (ChaseSchedule, DenseGradientRecorder, apply_chase_masks,
-                                 chase_update, check_uncoupled, init_chase_masks)
+from mmsparse.core.methods.chase import (ChaseSchedule, DenseGradientRecorder, apply_chase_masks,
+                                         chase_update, check_uncoupled, init_chase_masks)
 from mmsparse.registry import HOOKS
 from .sparse_subnets_hook import broadcast_masks, masked_layer_names, required_network
 
@@ -14,7 +14,7 @@ class ChaseHook(Hook):
 
     Needs :class:`SparseSubnetsHook` listing ``unstructured@<sparsity>`` and
     ``channel@<channel_sparsity>`` (it attaches the masked layers and finds the removable
-    channels). Masks come from :mod:`mmsparse.core.chase`: ERK initialisation unless the
+    channels). Masks come from :mod:`mmsparse.core.methods.chase`: ERK initialisation unless the
     loaded checkpoint holds masks, an update every ``update_interval`` iterations, weights
     and optimizer state masked after every step. The iteration trains ``unstructured@S``;
     iterations that end in an update run ``dense`` (identical, since pruned weights are
@@ -25,7 +25,7 @@ class ChaseHook(Hook):
         sparsity: Unstructured sparsity S (global over all masked weights).
         channel_sparsity: Fraction S_c of removable channels removed at the end.
         update_interval, update_end, extra_density, drop_fraction, beta, erk_power,
-            prune_scope: see :class:`mmsparse.core.chase.ChaseSchedule`.
+            prune_scope: see :class:`mmsparse.core.methods.chase.ChaseSchedule`.
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook; before CheckpointHook saves

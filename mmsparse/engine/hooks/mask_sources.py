@@ -1,13 +1,13 @@
 """Per-pattern mask sources of :class:`SparseCocktailHook` (Chase's channels, Spartan's
-unstructured masks); the torch-only logic is in :mod:`mmsparse.core.mask_sources`."""
+unstructured masks); the torch-only logic is in :mod:`mmsparse.core.methods.mask_sources`."""
 import torch
 
 from mmsparse.core import generate_masks
-from mmsparse.core.mask_sources import (check_mask_sources, chase_channel_masks,
-                                        clear_transforms, spartan_unstructured_step)
-from mmsparse.core.chase import check_uncoupled
+from mmsparse.core.methods.mask_sources import (check_mask_sources, chase_channel_masks,
+                                                clear_transforms, spartan_unstructured_step)
+from mmsparse.core.methods.chase import check_uncoupled
 from mmsparse.core.patterns import SparsitySpecError
-from mmsparse.core.spartan import SpartanMasker, SpartanSchedule
+from mmsparse.core.methods.spartan import SpartanMasker, SpartanSchedule
 from .sparse_subnets_hook import broadcast_masks, require_dense_momentum
 
 # Options each source accepts (besides ``type``), with their defaults.

@@ -2,7 +2,7 @@
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE
-from mmsparse.core.schedules import RATIO_MODES, cocktail_step, stage_at
+from mmsparse.core.methods.schedules import RATIO_MODES, cocktail_step, stage_at
 from mmsparse.models.distill import DenseDistiller
 from mmsparse.models.joint_dense import JointDenseLoss, dense_part
 from mmsparse.registry import HOOKS

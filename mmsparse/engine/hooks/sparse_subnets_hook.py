@@ -6,9 +6,9 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmsparse.core import MaskSpec, check_selection, generate_masks, is_mask_key, parse_subnets
-from mmsparse.core.subnet_bn_stats import PREFIX as STORED_BN_PREFIX
-from mmsparse.core.subnet_bn_stats import (drop_stored_bn_stats, register_stored_bn_stats,
-                                           stored_bn_count)
+from mmsparse.core.batchnorm.stored_stats import PREFIX as STORED_BN_PREFIX
+from mmsparse.core.batchnorm.stored_stats import (drop_stored_bn_stats, register_stored_bn_stats,
+                                                  stored_bn_count)
 from mmsparse.core.subnets import cocktail_subnets
 from mmsparse.models import (attach_network, attached_network, sparsify_checkpoint_layers,
                              sparsify_detector)

@@ -3,8 +3,8 @@ import torch
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE
-from mmsparse.core.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule, default_beta_end,
-                                   dual_averaging_weight, flops_costs)
+from mmsparse.core.methods.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule, default_beta_end,
+                                           dual_averaging_weight, flops_costs)
 from mmsparse.core.subnets import SubnetSpec
 from mmsparse.models import detector_loss_run
 from mmsparse.registry import HOOKS

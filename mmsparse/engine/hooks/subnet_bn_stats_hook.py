@@ -5,7 +5,7 @@ from mmengine.dist import broadcast, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.utils import ProgressBar
 
-from mmsparse.core.subnet_bn_stats import PREFIX, STORED, store_subnet_bn_stats
+from mmsparse.core.batchnorm.stored_stats import PREFIX, STORED, store_subnet_bn_stats
 from mmsparse.registry import HOOKS
 from ..runner.calibration import calibration_batches, forward_batches
 from .sparse_subnets_hook import required_network, unwrap

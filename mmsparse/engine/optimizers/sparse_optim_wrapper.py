@@ -3,7 +3,7 @@
 Gradients of masked weights are already masked by autograd (the forward uses
 ``weight * mask``). These wrappers add what autograd cannot:
 
-* AST gradient correction between consecutive subnets (:mod:`mmsparse.core.correction`),
+* AST gradient correction between consecutive subnets (:mod:`mmsparse.core.methods.correction`),
   applied before the optimizer step;
 * optional momentum masking after the step (Chase): the momentum of weights the active
   subnet removes is zeroed, so it does not carry them back.
@@ -14,7 +14,7 @@ Gradients of masked weights are already masked by autograd (the forward uses
 from mmengine.logging import MessageHub
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-from mmsparse.core.correction import GradientCorrector
+from mmsparse.core.methods.correction import GradientCorrector
 from mmsparse.registry import OPTIM_WRAPPERS
 from ..launch import AMP_VARIANTS
 

@@ -25,5 +25,5 @@ def calibration_batches(dataloader_cfg, count):
 
 def forward_batches(batches):
     """``fn(model)`` running the detector's predict forward on every batch (what
-    :func:`mmsparse.core.batchnorm.recalibrated_bn` calls)."""
+    :func:`mmsparse.core.batchnorm.recalibration.recalibrated_bn` calls)."""
     return lambda model: [detector_predict_run(batch)(model) for batch in batches]

@@ -13,8 +13,8 @@ from mmengine.runner import TestLoop, ValLoop
 from mmengine.utils import ProgressBar
 
 from mmsparse.core import DENSE, parse_subnet, record_positions, subnet_stats
-from mmsparse.core.batchnorm import recalibrated_bn
-from mmsparse.core.subnet_bn_stats import check_stored_bn_stats, stored_bn_stats
+from mmsparse.core.batchnorm.recalibration import recalibrated_bn
+from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.models import attached_network, detector_predict_run
 from mmsparse.registry import LOOPS

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmsparse.core.interpolation import blend, greedy_interpolation
+from mmsparse.core.methods.interpolation import blend, greedy_interpolation
 
 
 def test_blend_averages_floats_and_takes_the_stage_masks():

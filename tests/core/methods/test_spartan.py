@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from mmsparse.core import SparseNetwork, generate_masks
-from mmsparse.core.allocation import erk_densities
+from mmsparse.core.methods.allocation import erk_densities
 from mmsparse.core.patterns import SparsitySpecError, keep_count, topk_mask
-from mmsparse.core.soft_topk import soft_topk
-from mmsparse.core.spartan import (SpartanMasker, SpartanSchedule, default_beta_end,
-                                   dual_averaging_weight, flops_costs)
+from mmsparse.core.methods.soft_topk import soft_topk
+from mmsparse.core.methods.spartan import (SpartanMasker, SpartanSchedule, default_beta_end,
+                                           dual_averaging_weight, flops_costs)
 from tiny_models import FPNLike, Residual, build
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmsparse.core.dst import prune_and_grow
+from mmsparse.core.methods.dst import prune_and_grow
 
 
 def test_prune_and_grow_keeps_the_exact_budget_by_magnitude_and_gradient():

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from mmsparse.core.ast import (ast_subnet_index, gradual_density, gradual_sparsity,
-                               prune_regrow, regrow_fraction, regrow_level, regrow_nm,
-                               scheduled_levels, update_due)
+from mmsparse.core.methods.ast import (ast_subnet_index, gradual_density, gradual_sparsity,
+                                       prune_regrow, regrow_fraction, regrow_level, regrow_nm,
+                                       scheduled_levels, update_due)
 from mmsparse.core.patterns import keep_count, nested_levels, nm_mask
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmsparse.core.switchable_bn import OptimizerStateSlots, SwitchableBatchNorm
+from mmsparse.core.batchnorm.switchable import OptimizerStateSlots, SwitchableBatchNorm
 
 
 def _model():

@@ -5,7 +5,7 @@ from torch import nn
 
 from mmsparse.core import (MaskSpec, SlimmingError, SparseNetwork, analyze_channels,
                            fold_masks, generate_masks, slim_channels, slim_subnet)
-from mmsparse.core.chase import check_uncoupled
+from mmsparse.core.methods.chase import check_uncoupled
 from mmsparse.core.patterns import SparsitySpecError
 from mmsparse.core.stats import record_positions, subnet_stats
 from tiny_models import FPNLike, Residual, build, randomize_bn

@@ -41,9 +41,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .channel_groups import form_groups
-from .graph_ops import (CHANNELWISE_OPS, COUPLED_CHANNELWISE_OPS, NonzeroConstants,
-                        is_times_zero, op_name, out_count)
-from .layers import MASKABLE_TYPES, weight_axes
+from .ops import (CHANNELWISE_OPS, COUPLED_CHANNELWISE_OPS, NonzeroConstants, is_times_zero,
+                  op_name, out_count)
+from ..layers import MASKABLE_TYPES, weight_axes
 
 
 @dataclass

@@ -21,10 +21,10 @@ import copy
 import torch
 from torch import nn
 
-from .attach import ChannelOutputMask
-from .layers import _MASK_BUFFERS, MaskedLayerMixin, weight_axes
-from .subnet_bn_stats import drop_stored_bn_stats
-from .subnets import DENSE, SubnetSpec
+from ..attach import ChannelOutputMask
+from ..layers import _MASK_BUFFERS, MaskedLayerMixin, weight_axes
+from ..batchnorm.stored_stats import drop_stored_bn_stats
+from ..subnets import DENSE, SubnetSpec
 
 # Instance attributes :meth:`MaskedLayerMixin._init_mask_buffers` adds besides the buffers,
 # and a training-time ``weight_transform`` (Spartan) that may have been set on the instance.

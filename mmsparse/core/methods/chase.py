@@ -36,9 +36,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .allocation import erk_densities
 from .dst import prune_and_grow
-from .patterns import SparsitySpecError, channel_scores_umm, check_ratio, topk_mask
+from ..patterns import SparsitySpecError, channel_scores_umm, check_ratio, topk_mask
 from .schedules import polynomial_progress
-from .subnets import SubnetSpec
+from ..subnets import SubnetSpec
 
 
 @dataclass(frozen=True)

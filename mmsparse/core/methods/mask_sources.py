@@ -25,10 +25,10 @@ Everything here is a pure function of the weights and mask buffers (torch only).
 import torch
 
 from .chase import channel_floor, select_channels, umm_scores, weight_masks
-from .patterns import SparsitySpecError, global_levels, keep_count, level_mask
+from ..patterns import SparsitySpecError, global_levels, keep_count, level_mask
 from .spartan import dual_averaging_weight
-from .subnets import SubnetSpec
-from .umg import rank_match
+from ..subnets import SubnetSpec
+from ..umg import rank_match
 
 # source name -> the patterns it can produce masks for
 MASK_SOURCES = {

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .patterns import check_ratio, global_levels, nested_levels, nm_mask, topk_mask
+from ..patterns import check_ratio, global_levels, nested_levels, nm_mask, topk_mask
 from .schedules import polynomial_progress
 
 

@@ -1,7 +1,7 @@
 """BatchNorm recalibration is exact and reversible."""
 import torch
 
-from mmsparse.core.batchnorm import recalibrated_bn, save_bn_stats
+from mmsparse.core.batchnorm.recalibration import recalibrated_bn, save_bn_stats
 from tiny_models import Residual, build
 
 

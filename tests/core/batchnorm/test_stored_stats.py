@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from mmsparse.core import SparseNetwork, SubnetNameError, fold_masks, generate_masks
-from mmsparse.core.batchnorm import recalibrated_bn, save_bn_stats
-from mmsparse.core.subnet_bn_stats import (check_stored_bn_stats, register_stored_bn_stats,
-                                           store_subnet_bn_stats, stored_bn_count,
-                                           stored_bn_stats)
+from mmsparse.core.batchnorm.recalibration import recalibrated_bn, save_bn_stats
+from mmsparse.core.batchnorm.stored_stats import (check_stored_bn_stats, register_stored_bn_stats,
+                                                  store_subnet_bn_stats, stored_bn_count,
+                                                  stored_bn_stats)
 from tiny_models import Residual, build
 
 SUBNETS = ['unstructured@0.50', 'channel@0.50', 'nm@2:4']

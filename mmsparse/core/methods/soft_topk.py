@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .patterns import topk_mask
+from ..patterns import topk_mask
 
 
 def _total(costs, values):

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from .allocation import erk_densities
-from .patterns import block_scores, check_block_shape, check_ratio, expand_blocks, keep_count
+from ..patterns import block_scores, check_block_shape, check_ratio, expand_blocks, keep_count
 from .soft_topk import hard_topk, soft_topk
-from .stats import record_positions
+from ..stats import record_positions
 
 ALLOCATIONS = ('global', 'uniform', 'erk')
 

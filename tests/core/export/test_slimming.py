@@ -307,9 +307,9 @@ def test_tiny_mask_rcnn_channel_groups_slim_the_fpn_and_the_roi_features():
     _same_detections(slim, inputs, samples, reference)
 
 
-# -- mmsparse/core/export.py: the torch-only helpers of tools/export_subnet.py ----------------
+# -- mmsparse/core/export/deploy.py: the torch-only helpers of tools/export_subnet.py ----------------
 def test_measured_sparsity_counts_zeros_and_sliced_weights():
-    from mmsparse.core.export import measured_sparsity
+    from mmsparse.core.export.deploy import measured_sparsity
     network, _ = _network()
     dense = {n: layer.dense_weight.numel() for n, layer in network.layers.items()}
     folded = fold_masks(network, 'unstructured@0.50')
@@ -321,7 +321,7 @@ def test_measured_sparsity_counts_zeros_and_sliced_weights():
 
 
 def test_two_four_check_and_cpu_conversion_error():
-    from mmsparse.core.export import ExportError, is_two_four, to_semi_structured
+    from mmsparse.core.export.deploy import ExportError, is_two_four, to_semi_structured
     network, _ = _network()
     folded = fold_masks(network, 'nm@2:4')
     assert is_two_four(folded.fc1.weight) and not is_two_four(network.layers['fc1'].dense_weight)
@@ -333,7 +333,7 @@ def test_two_four_check_and_cpu_conversion_error():
 
 def test_plain_value_keeps_only_weights_only_loadable_types():
     import numpy as np
-    from mmsparse.core.export import plain_value
+    from mmsparse.core.export.deploy import plain_value
     meta = dict(a=1, b=[1.5, 'x', np.float64(2.0), np.int64(3), None],
                 c=dict(d=(True, object())), e=object(), f=np.zeros(2))
     plain = plain_value(meta)
@@ -390,9 +390,9 @@ def test_semi_structured_needs_half_for_fp32_off_ampere(monkeypatch):
     names = list(network.layers)
     for capability, fp32_needs_half in (((9, 0), True), ((8, 0), False), ((8, 6), False)):
         monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda c=capability: c)
-        assert export.semi_structured_needs_half(folded, names) is fp32_needs_half
+        assert export.deploy_needs_half(folded, names) is fp32_needs_half
     folded.half()
-    assert export.semi_structured_needs_half(folded, names) is False
+    assert export.deploy_needs_half(folded, names) is False
 
 
 def test_channel_subnet_params_count_what_slimming_removes(tiny_mask_rcnn):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from mmsparse.core import SparseNetwork
-from mmsparse.core.chase import (ChaseSchedule, DenseGradientRecorder, allowed_masks,
-                                 apply_chase_masks, channel_keeps, chase_update,
-                                 init_chase_masks, select_channels,
-                                 umm_scores, weight_masks)
-from mmsparse.core.slimming import fold_masks, slim_subnet
+from mmsparse.core.methods.chase import (ChaseSchedule, DenseGradientRecorder, allowed_masks,
+                                         apply_chase_masks, channel_keeps, chase_update,
+                                         init_chase_masks, select_channels,
+                                         umm_scores, weight_masks)
+from mmsparse.core.export.slimming import fold_masks, slim_subnet
 from tiny_models import Chain
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmsparse.core.patterns import topk_mask
-from mmsparse.core.soft_topk import hard_topk, soft_topk, solve_offset
+from mmsparse.core.methods.soft_topk import hard_topk, soft_topk, solve_offset
 
 
 def _problem(n=500, seed=0, dtype=torch.float64, unit=False):

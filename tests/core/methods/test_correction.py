@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mmsparse.core.correction import GradientCorrector, correct_gradient
+from mmsparse.core.methods.correction import GradientCorrector, correct_gradient
 
 
 def test_projection_removes_the_conflicting_component():

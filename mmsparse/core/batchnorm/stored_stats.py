@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-from .batchnorm import batchnorms, recalibrated_bn, restore_bn_stats, save_bn_stats
+from .recalibration import batchnorms, recalibrated_bn, restore_bn_stats, save_bn_stats
 
 STORED = ('running_mean', 'running_var')
 PREFIX = 'subnet_'

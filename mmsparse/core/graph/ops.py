@@ -10,7 +10,7 @@ import re
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .layers import weight_axes
+from ..layers import weight_axes
 
 # Ops that act per channel and map an all-zero channel to an all-zero channel.
 CHANNELWISE_OPS = frozenset({

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .patterns import topk_mask
+from ..patterns import topk_mask
 
 
 def _flat(tensors):

@@ -1,8 +1,8 @@
 """Co-training schedules: pure functions of the iteration counter."""
 import pytest
 
-from mmsparse.core.schedules import (cocktail_step, polynomial_progress, stage_at,
-                                     stage_boundaries)
+from mmsparse.core.methods.schedules import (cocktail_step, polynomial_progress, stage_at,
+                                             stage_boundaries)
 
 PATTERNS = ('unstructured', 'channel', 'nm')
 COUNTS = {'unstructured': 10, 'channel': 10, 'nm': 3}

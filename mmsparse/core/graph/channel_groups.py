@@ -8,7 +8,7 @@ residual stream, the FPN's top-down sum) form a group too. A group is removable 
 every member is, and every input of every add comes from the group or is zero, so a removed
 channel stays exactly 0.
 """
-from .graph_ops import op_name, out_count
+from .ops import op_name, out_count
 
 
 def form_groups(channels, order, walks, outputs, constants, modules):
