@@ -35,7 +35,7 @@ import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from mmsparse.core import slim_subnet
 from mmsparse.core.batchnorm.recalibration import recalibrated_bn
 from mmsparse.core.stats import record_positions
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
+from mmsparse.engine.sparse_checkpoint import checkpoint_network
 from mmsparse.models import detector_predict_run
 
 

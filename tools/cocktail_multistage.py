@@ -24,7 +24,7 @@ from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (allow-lists checkpoint globals)
 from mmsparse.core import generate_masks, is_mask_key
-from mmsparse.engine.hooks.sparse_subnets_hook import SparseSubnetsHook
+from mmsparse.engine.hooks import SparseSubnetsHook
 from mmsparse.models import sparsify_detector
 
 TOOLS = Path(__file__).resolve().parent

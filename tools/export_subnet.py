@@ -33,8 +33,8 @@ import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from mmsparse.core import DENSE, fold_masks, parse_subnet, parse_subnets, slim_subnet
 from mmsparse.core.batchnorm.recalibration import recalibrated_bn, restore_bn_stats, save_bn_stats
 from mmsparse.core.export.deploy import (ExportError, measured_sparsity, plain_value,
-                                                  semi_structured_needs_half, semi_structured_support,
-                                                  to_semi_structured)
+                                         semi_structured_needs_half, semi_structured_support,
+                                         to_semi_structured)
 from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.engine.runner.calibration import calibration_batches, forward_batches

@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from conftest import TINY_CONFIG
 from mmsparse.core import generate_masks
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
+from mmsparse.engine.sparse_checkpoint import checkpoint_network
 from mmsparse.engine.sparse_checkpoint import load_sparse_detector
 from mmsparse.models import attached_network, sparsify_detector
 

@@ -7,7 +7,7 @@ from mmengine.config import Config
 
 from conftest import TINY_CONFIG
 from mmsparse.core import MaskSpec, generate_masks
-from mmsparse.engine.hooks.sparse_subnets_hook import checkpoint_network
+from mmsparse.engine.sparse_checkpoint import checkpoint_network
 from mmsparse.models import sparsify_detector
 
 

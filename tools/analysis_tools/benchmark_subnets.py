@@ -5,7 +5,8 @@ Example::
     python tools/analysis_tools/benchmark_subnets.py CONFIG CHECKPOINT \\
         --subnets dense,channel@0.27,nm@2:4 --device cpu --repeat 20 --out-dir bench/
 
-For each subnet the model actually deployed is measured: ``mmsparse.core.export.slimming.slim_subnet``
+For each subnet the model actually deployed is measured:
+``mmsparse.core.export.slimming.slim_subnet``
 folds the subnet's masks into the weights and, for channel subnets, physically slices the
 removed channels out, leaving an ordinary (smaller) MMDetection model. Its inference
 (``model.predict`` on one preprocessed image, ``torch.inference_mode``) is timed after

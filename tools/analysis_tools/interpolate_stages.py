@@ -25,7 +25,7 @@ from mmengine.config import Config
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (registers hooks and loops, allow-lists checkpoints)
 from mmsparse.core.methods.interpolation import DEFAULT_GRID, greedy_interpolation
-from mmsparse.engine.hooks.sparse_subnets_hook import unwrap
+from mmsparse.engine.network import unwrap
 from mmsparse.engine.launch import build_runner
 
 

@@ -6,11 +6,13 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE, parse_subnets
-from mmsparse.core.methods.ast import (ast_subnet_index, gradual_sparsity, nm_magnitude, regrow_fraction,
-                                       regrow_level, regrow_nm, scheduled_levels, update_due)
+from mmsparse.core.methods.ast import (ast_subnet_index, gradual_sparsity, nm_magnitude,
+                                       regrow_fraction, regrow_level, regrow_nm, scheduled_levels,
+                                       update_due)
 from mmsparse.core.batchnorm.switchable import OptimizerStateSlots, SwitchableBatchNorm
 from mmsparse.registry import HOOKS
-from .sparse_subnets_hook import SparseSubnetsHook, broadcast_masks, required_network, unwrap
+from ..network import broadcast_masks, required_network, unwrap
+from .sparse_subnets_hook import SparseSubnetsHook
 
 AST_PATTERNS = ('unstructured', 'nm', 'dense')
 CORRECTION_SCOPES = ('masked', 'shared', 'all')

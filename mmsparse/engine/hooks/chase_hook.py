@@ -5,7 +5,8 @@ from mmengine.hooks import Hook
 from mmsparse.core.methods.chase import (ChaseSchedule, DenseGradientRecorder, apply_chase_masks,
                                          chase_update, check_uncoupled, init_chase_masks)
 from mmsparse.registry import HOOKS
-from .sparse_subnets_hook import broadcast_masks, masked_layer_names, required_network
+from ..network import broadcast_masks, required_network
+from ..sparse_checkpoint import masked_layer_names
 
 
 @HOOKS.register_module()

@@ -8,7 +8,7 @@ from mmsparse.core.methods.mask_sources import (check_mask_sources, chase_channe
 from mmsparse.core.methods.chase import check_uncoupled
 from mmsparse.core.patterns import SparsitySpecError
 from mmsparse.core.methods.spartan import SpartanMasker, SpartanSchedule
-from .sparse_subnets_hook import broadcast_masks, require_dense_momentum
+from ..network import broadcast_masks, require_dense_momentum
 
 # Options each source accepts (besides ``type``), with their defaults.
 SOURCE_OPTIONS = {

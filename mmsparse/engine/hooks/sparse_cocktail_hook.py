@@ -7,8 +7,7 @@ from mmsparse.models.distill import DenseDistiller
 from mmsparse.models.joint_dense import JointDenseLoss, dense_part
 from mmsparse.registry import HOOKS
 from .mask_sources import CocktailMaskSources
-from .sparse_subnets_hook import (broadcast_masks, require_dense_momentum, required_network,
-                                  unwrap)
+from ..network import broadcast_masks, require_dense_momentum, required_network, unwrap
 
 
 @HOOKS.register_module()

@@ -1,121 +1,17 @@
 """Attach mmsparse's masked layers to the Runner's model (train and test)."""
-import torch
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
-from mmsparse.core import MaskSpec, check_selection, generate_masks, is_mask_key, parse_subnets
-from mmsparse.core.batchnorm.stored_stats import PREFIX as STORED_BN_PREFIX
-from mmsparse.core.batchnorm.stored_stats import (drop_stored_bn_stats, register_stored_bn_stats,
-                                                  stored_bn_count)
+from mmsparse.core import MaskSpec, check_selection, generate_masks, parse_subnets
+from mmsparse.core.batchnorm.stored_stats import drop_stored_bn_stats, stored_bn_count
 from mmsparse.core.subnets import cocktail_subnets
-from mmsparse.models import (attach_network, attached_network, sparsify_checkpoint_layers,
-                             sparsify_detector)
+from mmsparse.models import attach_network, attached_network, sparsify_detector
 from mmsparse.registry import HOOKS
 
+from ..network import unwrap
+from ..sparse_checkpoint import (checkpoint_network, checkpoint_state, holds_masks,
+                                 register_checkpoint_bn_stats)
+
 SUBNET_SETS = {'cocktail': cocktail_subnets}
-
-
-def unwrap(model):
-    return model.module if is_model_wrapper(model) else model
-
-
-def required_network(runner, hook, needs='the masked layers'):
-    """The SparseNetwork that SparseSubnetsHook attached to the runner's model; fails naming
-    ``hook`` (the hook that needs it) when the config lacks SparseSubnetsHook."""
-    network = attached_network(unwrap(runner.model))
-    if network is None:
-        raise RuntimeError(f'{hook} needs SparseSubnetsHook in custom_hooks (it attaches '
-                           f'{needs})')
-    return network
-
-
-def require_dense_momentum(runner, who):
-    """Fail, naming ``who``, when the optimizer wrapper masks momentum: a straight-through
-    update moves the weights a subnet removes, so their momentum must stay."""
-    if getattr(runner.optim_wrapper, 'mask_momentum', False):
-        raise ValueError(f'{who}: the optimizer wrapper masks momentum, but the '
-                         'straight-through update needs dense momentum; use OptimWrapper '
-                         '(or mask_momentum=False)')
-
-
-def broadcast_masks(network):
-    """Make every rank's masks rank 0's (they already agree when computed from DDP's
-    synchronised weights; this makes it explicit and robust to numeric drift)."""
-    if not is_distributed():
-        return
-    for layer in network.layers.values():
-        for name, buffer in layer.named_buffers(recurse=False):
-            if name.startswith('mask_'):
-                broadcast(buffer, 0)
-        layer._mask_version += 1
-
-
-def masked_layer_names(state_dict):
-    """Names of the masked layers in a state dict; empty if it holds no subnet's mask.
-
-    Every masked layer has all mask buffers (possibly empty for some patterns), so layers
-    are found by the buffers' presence and the checkpoint "holds masks" when any is filled.
-    """
-    names = sorted(k[:-len('.mask_unstructured_ratios')] for k in state_dict
-                   if k.endswith('.mask_unstructured_ratios'))
-    filled = any(v.numel() > 0 for k, v in state_dict.items()
-                 if is_mask_key(k) and (k.endswith('_ratios') or k.endswith('_nm_nm')))
-    return names if filled else []
-
-
-def read_checkpoint(path):
-    """The state dict and meta dict of checkpoint ``path``, memory-mapped: only what the
-    caller reads (key names, the small ratio buffers) comes off the disk; the weights are
-    loaded later by mmengine or the caller.
-
-    A checkpoint saved from a DDP-wrapped model (not by mmengine, which unwraps it) has
-    every key prefixed ``module.``; the prefix is removed, as mmengine's loader does, so
-    its masked layers are found under the model's own names.
-    """
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    state = checkpoint.get('state_dict', checkpoint)
-    consume_prefix_in_state_dict_if_present(state, 'module.')
-    return state, checkpoint.get('meta', {})
-
-
-def checkpoint_state(path):
-    """The state dict of checkpoint ``path`` (see ``read_checkpoint``)."""
-    return read_checkpoint(path)[0]
-
-
-def checkpoint_network(model, checkpoint, image_size=(128, 128)):
-    """A SparseNetwork of ``model`` over the masked layers a checkpoint holds (stem and
-    heads included, channel groups if its channel masks need them); None if it holds no
-    masks. When the checkpoint stores per-subnet BatchNorm statistics, ``model`` gets the
-    buffers that load them.
-
-    Args:
-        checkpoint: The checkpoint's path, or its state dict when the caller has read it.
-    """
-    state = checkpoint if isinstance(checkpoint, dict) else checkpoint_state(checkpoint)
-    names = masked_layer_names(state)
-    if not names:
-        return None
-    channel = [n for n in names if state[f'{n}.mask_channel_ratios'].numel()]
-    network = sparsify_checkpoint_layers(model, names, channel, image_size)
-    register_checkpoint_bn_stats(model, state)
-    return network
-
-
-def register_checkpoint_bn_stats(model, state):
-    """Give ``model`` the buffers that load a checkpoint state dict's stored per-subnet
-    BatchNorm statistics, when it holds some (otherwise they would be dropped as
-    unexpected keys)."""
-    stored = [v.shape[0] for k, v in state.items()
-              if k.endswith('.' + STORED_BN_PREFIX + 'running_mean')]
-    if stored:
-        register_stored_bn_stats(model, stored[0])
-
-
-def holds_masks(network):
-    return any(s.name != 'dense' for s in network.subnets())
 
 
 @HOOKS.register_module()

@@ -3,13 +3,12 @@ import torch
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE
-from mmsparse.core.methods.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule, default_beta_end,
-                                           dual_averaging_weight, flops_costs)
+from mmsparse.core.methods.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule,
+                                           default_beta_end, dual_averaging_weight, flops_costs)
 from mmsparse.core.subnets import SubnetSpec
 from mmsparse.models import detector_loss_run
 from mmsparse.registry import HOOKS
-from .sparse_subnets_hook import (broadcast_masks, require_dense_momentum, required_network,
-                                  unwrap)
+from ..network import broadcast_masks, require_dense_momentum, required_network, unwrap
 
 COST_MODELS = ('params', 'flops')
 

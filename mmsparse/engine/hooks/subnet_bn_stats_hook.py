@@ -8,7 +8,7 @@ from mmengine.utils import ProgressBar
 from mmsparse.core.batchnorm.stored_stats import PREFIX, STORED, store_subnet_bn_stats
 from mmsparse.registry import HOOKS
 from ..runner.calibration import calibration_batches, forward_batches
-from .sparse_subnets_hook import required_network, unwrap
+from ..network import required_network, unwrap
 
 
 def broadcast_stored_bn_stats(model):

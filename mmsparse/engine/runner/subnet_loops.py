@@ -18,7 +18,7 @@ from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_b
 from mmsparse.core.subnets import SubnetNameError
 from mmsparse.models import attached_network, detector_predict_run
 from mmsparse.registry import LOOPS
-from ..hooks.sparse_subnets_hook import unwrap
+from ..network import unwrap
 from .calibration import calibration_batches, forward_batches
 
 

@@ -307,7 +307,7 @@ def test_tiny_mask_rcnn_channel_groups_slim_the_fpn_and_the_roi_features():
     _same_detections(slim, inputs, samples, reference)
 
 
-# -- mmsparse/core/export/deploy.py: the torch-only helpers of tools/export_subnet.py ----------------
+# -- mmsparse/core/export/deploy.py: the torch-only helpers of tools/export_subnet.py --------
 def test_measured_sparsity_counts_zeros_and_sliced_weights():
     from mmsparse.core.export.deploy import measured_sparsity
     network, _ = _network()

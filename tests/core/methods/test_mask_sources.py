@@ -5,9 +5,9 @@ import torch
 
 from mmsparse.core import DENSE, SparseNetwork, SparsitySpecError, generate_masks
 from mmsparse.core.methods.chase import channel_floor
-from mmsparse.core.methods.mask_sources import (SubnetWeight, check_mask_sources, chase_channel_keeps,
-                                                chase_channel_masks, clear_transforms,
-                                                spartan_unstructured_step)
+from mmsparse.core.methods.mask_sources import (SubnetWeight, check_mask_sources,
+                                                chase_channel_keeps, chase_channel_masks,
+                                                clear_transforms, spartan_unstructured_step)
 from mmsparse.core.patterns import channel_scores_umm, keep_count
 from mmsparse.core.methods.spartan import SpartanMasker
 from mmsparse.core.subnets import SubnetSpec
