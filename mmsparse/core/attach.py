@@ -115,7 +115,7 @@ class SparseNetwork:
         """Every subnet the masks hold, ``dense`` first, sorted by pattern and sparsity."""
         # Cached per mask version (masks change on generation and checkpoint loading), so
         # switching subnets costs one attribute write per layer.
-        version = tuple(layer._mask_version for layer in self.layers.values())
+        version = tuple(layer.mask_version for layer in self.layers.values())
         if self._subnets_cache is None or self._subnets_cache[0] != version:
             specs = {DENSE}
             for layer in self.layers.values():

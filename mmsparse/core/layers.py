@@ -24,6 +24,10 @@ from .subnets import DENSE, SubnetSpec, parse_subnet
 
 MASKABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d,
                   nn.ConvTranspose2d, nn.ConvTranspose3d)
+# Instance attributes :meth:`MaskedLayerMixin._init_mask_buffers` adds besides the buffers,
+# and a training-time ``weight_transform`` (Spartan) that may have been set on the instance.
+_MASK_ATTRIBUTES = ('active_subnet', '_mask_version', '_mask_cache', 'out_axis', 'in_axis',
+                    'weight_transform')
 _MASK_BUFFERS = ('mask_unstructured_level', 'mask_unstructured_ratios', 'mask_block_level',
                  'mask_block_ratios', 'mask_block_shape', 'mask_nm_bits', 'mask_nm_nm',
                  'mask_channel', 'mask_channel_ratios')
@@ -82,7 +86,7 @@ class MaskedLayerMixin:
         weight = self._parameters['weight']
         if self.weight_transform is not None:
             return self.weight_transform(weight)
-        return self._apply_mask(weight, self._active_mask(weight))
+        return self._apply_mask(weight, self.active_mask(weight))
 
     @property
     def bias(self):
@@ -216,8 +220,10 @@ class MaskedLayerMixin:
             return None
         return self.channel_keep(self.active_subnet)
 
-    def _active_mask(self, weight):
-        """The active subnet's mask as ``weight``'s dtype, cached until a switch or update."""
+    def active_mask(self, weight=None):
+        """The active subnet's mask in ``weight``'s dtype and device (default: the dense
+        weight's), or None for ``dense``; cached until a switch or a mask update."""
+        weight = self._parameters['weight'] if weight is None else weight
         spec = self.active_subnet
         if spec.pattern == 'dense':
             return None
@@ -226,6 +232,37 @@ class MaskedLayerMixin:
             mask = self.mask_for(spec)
             self._mask_cache = (key, None if mask is None else mask.to(weight.dtype))
         return self._mask_cache[1]
+
+    # -- state: the cached mask and its version --------------------------------------------
+    @property
+    def mask_version(self):
+        """A counter that changes whenever this layer's masks do (for callers' caches)."""
+        return self._mask_version
+
+    def masks_changed(self):
+        """Invalidate the cached mask after the mask buffers were changed in place (e.g. by a
+        broadcast from another rank); :meth:`set_masks` and loading do this themselves."""
+        self._mask_version += 1
+        self._mask_cache = None
+
+    def tap_active_mask(self):
+        """Make the active subnet's mask, as used by the forward, a fresh leaf tensor that
+        requires grad, and return it (None when the layer is dense for the subnet).
+
+        After a backward, ``tap.grad`` is dL/dM = dL/dW_eff * W (W_eff = W * M), from which
+        AST recovers the dense gradient that pruned weights need for regrowth. The tap stays
+        in use until :meth:`release_tap` (or any mask change).
+        """
+        mask = self.active_mask()
+        if mask is None:
+            return None
+        tap = mask.detach().clone().requires_grad_(True)
+        self._mask_cache = (self._mask_cache[0], tap)
+        return tap
+
+    def release_tap(self):
+        """Stop using a mask made by :meth:`tap_active_mask` (the next forward rebuilds it)."""
+        self._mask_cache = None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -269,6 +306,24 @@ def make_masked(module):
     module.__class__ = _masked_class(type(module))
     module._init_mask_buffers()
     return module
+
+
+def original_class(module):
+    """The class a masked layer had before :func:`make_masked` (else its class)."""
+    cls = type(module)
+    if not issubclass(cls, MaskedLayerMixin):
+        return cls
+    return next(base for base in cls.__bases__ if base is not MaskedLayerMixin)
+
+
+def unmask_layer(layer):
+    """Turn a masked layer back into its original class, in place (weights untouched)."""
+    for name in _MASK_BUFFERS:
+        layer._buffers.pop(name, None)
+    for name in _MASK_ATTRIBUTES:
+        layer.__dict__.pop(name, None)
+    layer.__class__ = original_class(layer)
+    return layer
 
 
 def is_masked(module):

@@ -42,4 +42,4 @@ def broadcast_masks(network):
         for name, buffer in layer.named_buffers(recurse=False):
             if name.startswith('mask_'):
                 broadcast(buffer, 0)
-        layer._mask_version += 1
+        layer.masks_changed()

@@ -22,14 +22,10 @@ import torch
 from torch import nn
 
 from ..attach import ChannelOutputMask
-from ..layers import _MASK_BUFFERS, MaskedLayerMixin, weight_axes
+from ..layers import MaskedLayerMixin, original_class, unmask_layer, weight_axes
 from ..batchnorm.stored_stats import drop_stored_bn_stats
 from ..subnets import DENSE, SubnetSpec
 
-# Instance attributes :meth:`MaskedLayerMixin._init_mask_buffers` adds besides the buffers,
-# and a training-time ``weight_transform`` (Spartan) that may have been set on the instance.
-_MASK_ATTRIBUTES = ('active_subnet', '_mask_version', '_mask_cache', 'out_axis', 'in_axis',
-                    'weight_transform')
 # The attribute under which ``mmsparse.models.attach_network`` remembers the network.
 _NETWORK_ATTRIBUTE = '_mmsparse_network'
 
@@ -49,24 +45,6 @@ def _as_specs(network, subnets):
     if not specs:
         raise SlimmingError('fold_masks needs at least one subnet name')
     return specs
-
-
-def original_class(module):
-    """The class a masked layer had before :func:`~.layers.make_masked` (else its class)."""
-    cls = type(module)
-    if not issubclass(cls, MaskedLayerMixin):
-        return cls
-    return next(base for base in cls.__bases__ if base is not MaskedLayerMixin)
-
-
-def unmask_layer(layer):
-    """Turn a masked layer back into its original class, in place (weights untouched)."""
-    for name in _MASK_BUFFERS:
-        layer._buffers.pop(name, None)
-    for name in _MASK_ATTRIBUTES:
-        layer.__dict__.pop(name, None)
-    layer.__class__ = original_class(layer)
-    return layer
 
 
 def _copy_model(network):

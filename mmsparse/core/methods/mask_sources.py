@@ -157,7 +157,7 @@ class SubnetWeight:
         if dense_weight is not self.layer.dense_weight:
             raise RuntimeError('Spartan forward weight used with another parameter')
         if self.layer.active_subnet != self.spec:
-            mask = self.layer._active_mask(dense_weight)
+            mask = self.layer.active_mask(dense_weight)
             return dense_weight if mask is None else dense_weight * mask
         return self.weight
 

@@ -263,13 +263,9 @@ class SparseASTHook(Hook):
         effective weight, which pruned weights need for regrowth, is recovered."""
         taps = {}
         for name, layer in network.layers.items():
-            weight = layer.dense_weight
-            mask = layer._active_mask(weight)  # fills the layer's cache for this subnet
-            if mask is None:
-                continue
-            tap = mask.detach().clone().requires_grad_(True)
-            layer._mask_cache = (layer._mask_cache[0], tap)
-            taps[name] = (tap, weight.detach().clone())
+            tap = layer.tap_active_mask()
+            if tap is not None:
+                taps[name] = (tap, layer.dense_weight.detach().clone())
         return taps
 
     @torch.no_grad()
@@ -279,7 +275,7 @@ class SparseASTHook(Hook):
         swapped = kept = 0
         for name, (tap, weight) in taps.items():
             layer = network.layers[name]
-            layer._mask_cache = None  # drop the grad-requiring mask
+            layer.release_tap()
             grad = tap.grad if tap.grad is not None else torch.zeros_like(tap)
             grad = torch.where(weight != 0, grad / weight, torch.zeros_like(grad))
             if is_distributed():

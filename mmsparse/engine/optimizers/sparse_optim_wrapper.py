@@ -46,7 +46,7 @@ class _SparseStep:
     def _mask_momentum(self):
         """Zero the momentum of the weights the active subnet removes (Chase)."""
         for param, layer in self.masked_params.items():
-            mask = layer._active_mask(param)
+            mask = layer.active_mask(param)
             state = self.optimizer.state.get(param, {})
             if mask is not None and 'momentum_buffer' in state:
                 state['momentum_buffer'].mul_(mask)
