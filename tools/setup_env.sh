@@ -3,8 +3,9 @@
 #
 # Idempotent and fast when nothing changed: a stamp file records a hash of the
 # requirements, so a set-up checkout starts real work within seconds.
-# mmcv 2.1.0 has no wheel for recent torch on PyPI, so it is compiled from source (about
-# 19 minutes on 2 cores, once per machine: pip caches the built wheel under ~/.cache/pip).
+# mmcv 2.1.0 (mmdet 3.3.0 accepts mmcv < 2.2.0) has no wheel for recent torch on PyPI, so it is
+# compiled from source against the installed torch: about 20 minutes on 2 CPU cores, once per
+# machine, because pip caches the built wheel under ~/.cache/pip.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -20,7 +21,9 @@ echo "[setup] creating the environment in $venv (mmcv compiles once: ~20 min on 
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
 "${pip[@]}" -q --upgrade pip
-# torch first: a CPU wheel of 2.13.0 lies on these machines; elsewhere any torch >= 2.1 works.
+# torch first, because mmcv's ops compile against it. The project is tested with torch 2.13.0
+# (CPU build) and needs torch >= 2.1; TORCH_SPEC picks another version or build (e.g. CUDA),
+# and a torch already importable in the environment is kept.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 "$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" "$TORCH_SPEC"
 "${pip[@]}" -r requirements/build.txt
