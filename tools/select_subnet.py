@@ -12,13 +12,16 @@ Examples::
 
 ``results.json`` comes from ``tools/test.py --subnets all --out results.json``; the latency
 JSON from ``tools/analysis_tools/benchmark_subnets.py`` on the target device. Exits with
-status 1 and says which budget excluded what when nothing fits.
+status 1 and says which budget excluded what when nothing fits, and with a message naming
+the file and key when an input is malformed. Subnets without a usable value of the metric
+(no detections, NaN) are never chosen; the explanation lists them.
 """
 import argparse
 import json
 import sys
 
 from mmsparse.evaluation.selection import SelectionError, explain, select_subnet
+from mmsparse.utils.safe_write import atomic_write_json, check_outputs
 
 
 def parse_args(argv=None):
@@ -34,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument('--pattern', help='accepted patterns or subnets, comma-separated: dense, '
                    'unstructured, channel, nm, block, or names such as nm@2:4')
     p.add_argument('--json', metavar='FILE', help='also write the choice and the reasons')
+    p.add_argument('--force', action='store_true',
+                   help='overwrite --json if it exists (never an input)')
     return p.parse_args(argv)
 
 
@@ -48,19 +53,20 @@ def _load(path, what):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.json:
+            check_outputs([args.json], [args.results, args.latency], args.force, '--json')
         results = _load(args.results, 'results')
         latency = _load(args.latency, 'latency data') if args.latency else None
         selection = select_subnet(results, metric=args.metric, max_flops=args.max_flops,
                                   max_params=args.max_params,
                                   max_latency_ms=args.max_latency_ms, pattern=args.pattern,
-                                  latency=latency)
+                                  latency=latency, sources=(args.results, args.latency))
     except (SelectionError, ValueError) as err:  # SubnetNameError is a ValueError
         print(f'select_subnet: {err}', file=sys.stderr)
         return 1
     print('\n'.join(explain(selection)))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(selection.as_dict(), f, indent=2)
+        atomic_write_json(args.json, selection.as_dict())
     return 0
 
 

@@ -16,12 +16,12 @@ from mmsparse.engine.launch import (apply_common_args, apply_resume, build_runne
                                     set_local_rank, shutdown_distributed)
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', default=False,
-                        help='enable automatic-mixed-precision training')
+                        help='enable automatic-mixed-precision training (needs a CUDA GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='enable automatically scaling LR')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -32,13 +32,13 @@ def parse_args():
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     setup_cache_size_limit_of_dynamo()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:

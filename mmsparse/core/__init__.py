@@ -6,10 +6,10 @@ mask functions (:mod:`.patterns`), masked layers (:mod:`.layers`), attaching the
 (:mod:`.stats`). Around it: :mod:`.graph` (channel dependencies), :mod:`.batchnorm`,
 :mod:`.methods` (AST, Chase, Spartan, schedules, ...) and :mod:`.export`.
 """
-from .attach import (ChannelOutputMask, LayerSelectionError, SparseNetwork, check_selection,
-                     select_layers)
+from .attach import (ChannelOutputMask, LayerSelectionError, SparseNetwork, channel_keep,
+                     check_selection, select_layers)
 from .batchnorm.switchable import SwitchableBatchNorm
-from .export.slimming import SlimmingError, channel_keep, fold_masks, slim_channels, slim_subnet
+from .export.slimming import SlimmingError, fold_masks, slim_channels, slim_subnet
 from .graph import ChannelInfo, GraphInfo, analyze_channels
 from .layers import MaskedLayerMixin, is_mask_key, is_masked, make_masked, masked_layers
 from .methods.allocation import erk_densities

@@ -2,13 +2,15 @@
 
 :class:`SparseNetwork` is the handle the rest of mmsparse uses: it knows the masked layers,
 the channel dependencies (from :mod:`.dependency`) and which subnets the masks hold.
+:func:`channel_keep` reads a channel subnet's kept channels, :func:`channel_companions`
+lists what a removed channel takes with it beyond the weights.
 """
 import fnmatch
 
 import torch
 
 from .graph.dependency import analyze_channels
-from .layers import MASKABLE_TYPES, make_masked, masked_layers, weight_axes
+from .layers import MASKABLE_TYPES, make_masked, weight_axes
 from .patterns import SparsitySpecError, check_block_shape, check_nm
 from .subnets import DENSE, SubnetNameError, parse_subnet
 
@@ -70,6 +72,48 @@ class ChannelOutputMask:
         shape = [1] * output.dim()
         shape[1] = -1
         return output * keep.view(shape).to(output.dtype)
+
+
+def channel_companions(modules, graph, name, affine=False):
+    """What an output channel of layer ``name`` takes with it when it is removed.
+
+    Besides its weights, an output channel owns one entry of the layer's bias and of every
+    follower BatchNorm's weight, bias, running mean and running variance (a BatchNorm turns a
+    zero channel into its shift, so those entries must go as well). Counting, zeroing and
+    slicing removed channels all walk this one list.
+
+    Args:
+        modules: ``dict(model.named_modules())`` of the model holding the layers (a masked
+            or an ordinary one).
+        graph: The :class:`~.graph.GraphInfo` that names the layer's followers.
+        name: A layer with removable output channels.
+        affine: Require every follower to have affine parameters, for callers that make a
+            removed channel output exactly 0 by zeroing its entries.
+
+    Returns:
+        list of ``(module, tensor name, tensor)`` for the entries that exist: the layer's
+        ``bias`` first, then each follower's ``weight``, ``bias``, ``running_mean``,
+        ``running_var``. Tensors are the raw parameters (``nn.Parameter``) and buffers, not
+        a masked layer's masked views.
+
+    Raises:
+        ValueError: with ``affine``, naming a follower without affine parameters.
+    """
+    owners = [(modules[name], ('bias', ))]
+    for follower in graph.channels[name].followers:
+        norm = modules[follower]
+        if affine and (norm._parameters.get('weight') is None
+                       or norm._parameters.get('bias') is None):
+            raise ValueError(f'{follower} follows channel-masked {name} but has no affine '
+                             'parameters: its removed channels cannot be zeroed')
+        owners.append((norm, ('weight', 'bias', 'running_mean', 'running_var')))
+    out = []
+    for module, tensor_names in owners:
+        for tensor_name in tensor_names:
+            tensor = module._parameters.get(tensor_name, module._buffers.get(tensor_name))
+            if tensor is not None:
+                out.append((module, tensor_name, tensor))
+    return out
 
 
 class SparseNetwork:
@@ -189,6 +233,42 @@ class SparseNetwork:
         return masks
 
 
+def channel_keep(network, subnet, all_layers=False):
+    """Kept output channels of channel subnet ``subnet``, read from the layers' masks.
+
+    The network-wide form of :meth:`~.layers.MaskedLayerMixin.channel_keep` (what slimming
+    slices and what Chase's updates start from).
+
+    Args:
+        network: A :class:`SparseNetwork`.
+        subnet: A channel subnet name or spec.
+        all_layers: Also give the channel-masked layers that hold no mask of ``subnet``
+            (every channel kept), and accept a subnet the masks do not hold yet (e.g. Chase's
+            ``channel@S_c`` before its first removal). Default: only the layers that hold
+            its mask, and the masks must hold ``subnet``.
+
+    Returns:
+        ``{layer name: bool (Cout,)}``, copies (callers may edit them), in layer order.
+
+    Raises:
+        SparsitySpecError: ``subnet`` is not a channel subnet.
+        SubnetNameError: without ``all_layers``, a subnet the masks do not hold.
+    """
+    spec = parse_subnet(subnet) if all_layers else network.resolve(subnet)
+    if spec.pattern != 'channel':
+        raise SparsitySpecError(f'channel_keep: {spec.name} is not a channel subnet')
+    keep = {}
+    for name in network.channel_layers:
+        layer = network.layers[name]
+        mask = layer.channel_keep(spec)
+        if mask is not None:
+            keep[name] = mask.detach().clone()
+        elif all_layers:
+            keep[name] = torch.ones(layer.out_channels_count, dtype=torch.bool,
+                                    device=layer.dense_weight.device)
+    return keep
+
+
 def check_selection(network, subnets, block_shape=(1, 1)):
     """Raise, before any training, if a subnet is impossible on a selected layer.
 
@@ -208,11 +288,3 @@ def check_selection(network, subnets, block_shape=(1, 1)):
             raise SparsitySpecError(
                 f'{spec.name}: none of the selected layers has removable output channels '
                 '(every one feeds a residual add, concatenation or model output)')
-
-
-@torch.no_grad()
-def copy_masks(src, dst):
-    """Copy every mask buffer of ``src``'s masked layers to ``dst``'s (same structure)."""
-    dst_layers = masked_layers(dst)
-    for name, layer in masked_layers(src).items():
-        dst_layers[name].load_state_dict(layer.state_dict(), strict=False)

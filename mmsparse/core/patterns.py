@@ -232,14 +232,6 @@ def expand_blocks(block_values, block, shape, out_axis=0, in_axis=1):
     return full.movedim((0, 1), (out_axis, in_axis))
 
 
-def block_mask(scores, block, ratio, out_axis=0, in_axis=1, where='tensor'):
-    """Keep whole (out, in) blocks with the largest summed scores, exact block count."""
-    check_block_shape(scores.shape, block, out_axis, in_axis, where)
-    per_block = block_scores(scores, block, out_axis, in_axis)
-    keep = topk_mask(per_block, keep_count(per_block.numel(), ratio))
-    return expand_blocks(keep, block, scores.shape, out_axis, in_axis)
-
-
 def pack_bits(mask):
     """Pack a bool tensor into uint8, 8 elements per byte (flattened, zero-padded)."""
     flat = mask.reshape(-1).to(torch.uint8)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .attach import channel_companions, channel_keep
 from .layers import MASKABLE_TYPES
 from .subnets import DENSE, parse_subnet
 
@@ -90,16 +91,10 @@ def subnet_stats(network, name, positions):
         if lname in network.layers:
             masked_removed += dropped
     if spec.pattern == 'channel':
-        for lname in network.channel_layers:
-            keep = network.layers[lname].channel_keep(spec)
-            if keep is None:
-                continue
-            dropped = int((~keep).sum())
-            if network.layers[lname]._parameters.get('bias') is not None:
-                removed += dropped
-            for follower in network.graph.channels[lname].followers:
-                norm = modules[follower]
-                removed += dropped * sum(p is not None for p in (norm.weight, norm.bias))
+        # a removed channel's bias and BatchNorm affine entries (parameters; not statistics)
+        for lname, keep in channel_keep(network, spec, all_layers=True).items():
+            owned = channel_companions(modules, network.graph, lname)
+            removed += int((~keep).sum()) * sum(isinstance(t, nn.Parameter) for *_, t in owned)
     flops = flops_dense = 0
     for lname, count in positions.items():
         module = modules[lname]

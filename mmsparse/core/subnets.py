@@ -4,6 +4,11 @@
 The name is the contract between training, checkpoints, ``tools/test.py --subnets`` and the
 results JSON, so parsing is strict and formatting is canonical (``name(parse(s))`` is stable).
 The number after ``@`` is the sparsity: the fraction of weights (or channels) removed.
+
+One canonical value everywhere: a spec's sparsity is rounded to :data:`RATIO_DECIMALS`
+decimals when the spec is made, which is also the precision checkpoints keep (the masked
+layers' ratio buffers are float32). So ``unstructured@0.1234567`` is ``unstructured@0.123457``
+when parsed, trained, held and named again, and ``@0.5`` equals ``@0.50``.
 """
 import re
 from dataclasses import dataclass
@@ -12,17 +17,25 @@ PATTERNS = ('dense', 'unstructured', 'channel', 'nm', 'block')
 RATIO_PATTERNS = ('unstructured', 'channel', 'block')
 _RATIO_RE = re.compile(r'^(unstructured|channel|block)@([0-9]*\.?[0-9]+)$')
 _NM_RE = re.compile(r'^nm@([0-9]+):([0-9]+)$')
+# Sparsities are kept to this many decimals (float32 buffers hold about seven digits).
+RATIO_DECIMALS = 6
 
 
 class SubnetNameError(ValueError):
     """A subnet name does not parse, or names an impossible sparsity."""
 
 
+def canonical_ratio(ratio):
+    """``ratio`` rounded to :data:`RATIO_DECIMALS` decimals (the value specs hold)."""
+    return round(float(ratio), RATIO_DECIMALS)
+
+
 def format_ratio(ratio):
-    """Two decimals when exact (``0.50``), otherwise up to six significant decimals."""
+    """Two decimals when exact (``0.50``), otherwise up to six decimals."""
+    ratio = canonical_ratio(ratio)
     if abs(round(ratio, 2) - ratio) < 1e-9:
         return f'{ratio:.2f}'
-    return f'{ratio:.6f}'.rstrip('0')
+    return f'{ratio:.{RATIO_DECIMALS}f}'.rstrip('0')
 
 
 @dataclass(frozen=True)
@@ -31,8 +44,9 @@ class SubnetSpec:
 
     Attributes:
         pattern: One of :data:`PATTERNS`.
-        ratio: Fraction of weights (channels for ``channel``) removed, in [0, 1).
-            For ``nm`` it is ``1 - n / m``.
+        ratio: Fraction of weights (channels for ``channel``) removed, in [0, 1), rounded to
+            :data:`RATIO_DECIMALS` decimals; a nonzero ratio that rounds to 0 or 1 is an
+            error. For ``nm`` it is ``1 - n / m``.
         n: Weights kept per group (``nm`` only).
         m: Group size along the input-channel axis (``nm`` only).
     """
@@ -50,9 +64,18 @@ class SubnetSpec:
                 raise SubnetNameError(f'N:M sparsity needs 0 < N < M, got {self.n}:{self.m}')
             object.__setattr__(self, 'ratio', 1.0 - self.n / self.m)
         elif self.pattern in RATIO_PATTERNS:
-            if not 0.0 <= self.ratio < 1.0:
+            given = float(self.ratio)
+            ratio = canonical_ratio(given)
+            if not 0.0 <= given < 1.0:
                 raise SubnetNameError(f'{self.pattern} sparsity must be in [0, 1), got '
                                       f'{self.ratio}')
+            if ratio >= 1.0 or (ratio == 0.0 and given > 0.0):
+                raise SubnetNameError(
+                    f'{self.pattern} sparsity {self.ratio} rounds to {ratio:.1f} at '
+                    f'{RATIO_DECIMALS} decimals, the precision subnets are kept at; give a '
+                    f'sparsity in [{10 ** -RATIO_DECIMALS:.6f}, '
+                    f'{1 - 10 ** -RATIO_DECIMALS:.6f}]')
+            object.__setattr__(self, 'ratio', ratio)
         elif self.ratio != 0.0:
             raise SubnetNameError(f'dense has no sparsity, got {self.ratio}')
 
@@ -88,12 +111,15 @@ def parse_subnet(name):
     text = str(name).strip()
     if text == 'dense':
         return DENSE
-    match = _RATIO_RE.match(text)
-    if match:
-        return SubnetSpec(match.group(1), float(match.group(2)))
-    match = _NM_RE.match(text)
-    if match:
-        return SubnetSpec('nm', n=int(match.group(1)), m=int(match.group(2)))
+    try:
+        match = _RATIO_RE.match(text)
+        if match:
+            return SubnetSpec(match.group(1), float(match.group(2)))
+        match = _NM_RE.match(text)
+        if match:
+            return SubnetSpec('nm', n=int(match.group(1)), m=int(match.group(2)))
+    except SubnetNameError as err:
+        raise SubnetNameError(f'subnet name {text!r}: {err}') from None
     raise SubnetNameError(
         f'cannot parse subnet name {text!r}; expected "dense", "unstructured@0.50", '
         '"channel@0.30", "block@0.50" or "nm@2:4"')

@@ -22,6 +22,10 @@ import torch.distributed as dist
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmsparse.utils.checkpoint import PortableCheckpointHook
+
+from .sparse_checkpoint import load_checkpoint_file
+
 # Optimizer wrapper type -> its AMP variant. mmsparse's sparse wrappers add themselves here.
 AMP_VARIANTS = {'OptimWrapper': 'AmpOptimWrapper', 'AmpOptimWrapper': 'AmpOptimWrapper'}
 
@@ -61,7 +65,15 @@ def shutdown_distributed():
 
 
 def enable_amp(cfg):
-    """Switch ``cfg.optim_wrapper`` to its automatic-mixed-precision variant (in place)."""
+    """Switch ``cfg.optim_wrapper`` to its automatic-mixed-precision variant (in place).
+
+    Raises:
+        RuntimeError: on a machine where torch sees no CUDA device (mmengine's AMP wrapper
+            would fail later with a message about its dtype).
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError('--amp: automatic mixed precision needs a CUDA GPU, and torch sees '
+                           'none on this machine; train without --amp here')
     wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
     scope, _, name = wrapper_type.rpartition('.')
     if name not in AMP_VARIANTS:
@@ -82,13 +94,31 @@ def apply_common_args(cfg, args):
 
 
 def apply_resume(cfg, resume):
-    """``--resume`` (latest checkpoint in the work dir) or ``--resume PATH``."""
+    """``--resume`` (latest checkpoint in the work dir) or ``--resume PATH``.
+
+    The checkpoint to resume from is checked now, before the Runner is built: an empty or
+    stale ``last_checkpoint`` file and a truncated checkpoint are named with what to do.
+    Without ``last_checkpoint`` mmengine starts from scratch, as in MMDetection.
+    """
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
+        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
+        if osp.isfile(pointer):
+            with open(pointer) as f:
+                target = f.read().strip()
+            if not target:
+                raise RuntimeError(f'--resume: {pointer!r} is empty (an interrupted run?); '
+                                   'pass the checkpoint to resume from (--resume PATH) or '
+                                   'delete that file to start from scratch')
+            if not osp.isfile(target):
+                raise FileNotFoundError(f'--resume: {pointer!r} points at {target!r}, which '
+                                        'does not exist; pass --resume PATH')
+            load_checkpoint_file(target)
     elif resume is not None:
         if not osp.isfile(resume):
             raise FileNotFoundError(f'--resume: checkpoint {resume!r} does not exist')
+        load_checkpoint_file(resume)  # a clear error for a truncated file
         cfg.resume = True
         cfg.load_from = resume
 
@@ -100,7 +130,9 @@ def set_local_rank(local_rank):
 
 
 def build_runner(cfg):
-    """Build the Runner the way MMDetection's tools do (honouring ``runner_type``)."""
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+    """Build the Runner the way MMDetection's tools do (honouring ``runner_type``), with
+    :class:`~mmsparse.utils.checkpoint.PortableCheckpointHook`, so the checkpoints it saves
+    resume under ``torch.load(weights_only=True)``."""
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.register_hook(PortableCheckpointHook())
+    return runner

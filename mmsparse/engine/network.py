@@ -24,15 +24,6 @@ def required_network(runner, hook, needs='the masked layers'):
     return network
 
 
-def require_dense_momentum(runner, who):
-    """Fail, naming ``who``, when the optimizer wrapper masks momentum: a straight-through
-    update moves the weights a subnet removes, so their momentum must stay."""
-    if getattr(runner.optim_wrapper, 'mask_momentum', False):
-        raise ValueError(f'{who}: the optimizer wrapper masks momentum, but the '
-                         'straight-through update needs dense momentum; use OptimWrapper '
-                         '(or mask_momentum=False)')
-
-
 def broadcast_masks(network):
     """Make every rank's masks rank 0's (they already agree when computed from DDP's
     synchronised weights; this makes it explicit and robust to numeric drift)."""

@@ -1,6 +1,8 @@
 """Read mmsparse checkpoints: the masked layers and stored statistics they hold, and a
 detector loaded from one outside a Runner (for the tools that edit or export it)."""
 import os.path as osp
+import pickle
+import zipfile
 
 import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
@@ -8,9 +10,11 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from mmsparse.core import is_mask_key
+from mmsparse.core import DENSE, is_mask_key
+from mmsparse.core.subnets import SubnetSpec
 from mmsparse.core.batchnorm.stored_stats import PREFIX as STORED_BN_PREFIX
 from mmsparse.core.batchnorm.stored_stats import register_stored_bn_stats
+from mmsparse.core.batchnorm.switchable import SLOT_PREFIX as SWITCHABLE_PREFIX
 from mmsparse.models import attach_network, sparsify_checkpoint_layers
 
 
@@ -27,19 +31,115 @@ def masked_layer_names(state_dict):
     return names if filled else []
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the config's model."""
+
+
+def load_checkpoint_file(path, mmap=True):
+    """``torch.load`` of a checkpoint (``weights_only``, on the CPU), with a clear error.
+
+    Files in torch's zip format are memory-mapped (``mmap``), so only what the caller reads
+    comes off the disk. Files in the legacy format (``torch.save(...,
+    _use_new_zipfile_serialization=False)``, e.g. MMDetection model-zoo files written by
+    torch < 1.6) cannot be memory-mapped and are read whole.
+
+    Raises:
+        FileNotFoundError: naming the path.
+        CheckpointError: for a truncated or foreign file, naming the path.
+    """
+    path = str(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    zipped = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError as err:
+        if 'weights_only' in str(err):  # readable, but holds objects the allow-list refuses
+            raise
+        raise CheckpointError(_unreadable(path, err)) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(_unreadable(path, err)) from None
+
+
+def _unreadable(path, err):
+    size = osp.getsize(path)
+    return (f'cannot read checkpoint {path!r} ({size} bytes): it is truncated (an interrupted '
+            'copy or download?) or not a PyTorch checkpoint. Copy it again or pick another '
+            f'file. (torch: {str(err).splitlines()[0] if str(err) else type(err).__name__})')
+
+
 def read_checkpoint(path):
-    """The state dict and meta dict of checkpoint ``path``, memory-mapped: only what the
-    caller reads (key names, the small ratio buffers) comes off the disk; the weights are
-    loaded later by mmengine or the caller.
+    """The state dict and meta dict of checkpoint ``path`` (see ``load_checkpoint_file``):
+    memory-mapped when the file allows it, so only what the caller reads (key names, the
+    small ratio buffers) comes off the disk.
 
     A checkpoint saved from a DDP-wrapped model (not by mmengine, which unwraps it) has
     every key prefixed ``module.``; the prefix is removed, as mmengine's loader does, so
     its masked layers are found under the model's own names.
     """
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, '
+                              'not a state dict (a pickled model? export files of channel '
+                              'subnets are not mmsparse checkpoints)')
     state = checkpoint.get('state_dict', checkpoint)
     consume_prefix_in_state_dict_if_present(state, 'module.')
     return state, checkpoint.get('meta', {})
+
+
+def _own_buffer(key):
+    """mmsparse's own buffers (masks, stored and switchable BatchNorm statistics), which a
+    model gets only once its hooks have run."""
+    return is_mask_key(key) or key.rsplit('.', 1)[-1].startswith((STORED_BN_PREFIX,
+                                                                   SWITCHABLE_PREFIX))
+
+
+def check_model_fits(model_state, state, path, what="the config's model"):
+    """Raise when checkpoint ``state`` lacks weights of ``model_state`` or holds them with
+    another shape (a checkpoint of another architecture): mmengine's non-strict loading
+    would only warn and leave random weights.
+
+    mmsparse's mask buffers and stored or switchable BatchNorm statistics are ignored (the
+    model may not have them yet). Keys only the checkpoint holds are allowed.
+
+    Args:
+        model_state: The model's state dict (or any ``{key: tensor}``).
+        state: The checkpoint's state dict (``read_checkpoint``).
+        path: The checkpoint's path, for the message.
+
+    Raises:
+        CheckpointError: naming how many weights are missing or mismatched, and a few keys.
+    """
+    expected = {k: v for k, v in model_state.items() if not _own_buffer(k)}
+    missing = [k for k in expected if k not in state]
+    mismatched = [k for k in expected if k in state and hasattr(state[k], 'shape')
+                  and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not missing and not mismatched:
+        return
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} of {len(expected)} weights missing (e.g. '
+                     f'{", ".join(missing[:3])})')
+    if mismatched:
+        shown = ', '.join(f'{k}: checkpoint {tuple(state[k].shape)}, model '
+                          f'{tuple(expected[k].shape)}' for k in mismatched[:3])
+        parts.append(f'{len(mismatched)} with another shape (e.g. {shown})')
+    raise CheckpointError(f'checkpoint {str(path)!r} does not fit {what}: '
+                          f'{"; ".join(parts)}. Is it a checkpoint of another model? Pass '
+                          'the config it was trained with.')
+
+
+def checkpoint_subnet_names(state):
+    """The subnet names a checkpoint state dict holds masks for, ``dense`` first, read
+    from the masked layers' ratio buffers (no model needed)."""
+    specs = {DENSE}
+    for key, value in state.items():
+        if key.endswith('.mask_nm_nm'):
+            specs.update(SubnetSpec('nm', n=int(n), m=int(m)) for n, m in value.tolist())
+        for pattern in ('unstructured', 'block', 'channel'):
+            if key.endswith(f'.mask_{pattern}_ratios'):
+                specs.update(SubnetSpec(pattern, round(float(r), 6)) for r in value.tolist())
+    return [s.name for s in sorted(specs, key=lambda s: s.sort_key)]
 
 
 def checkpoint_state(path):
@@ -108,8 +208,8 @@ def load_sparse_detector(cfg, checkpoint):
         (model, network or None, the checkpoint's meta dict).
 
     Raises:
-        ValueError: the checkpoint lacks keys of the config's model (another model). mmengine
-            would only warn, and the tool would then run on random weights.
+        CheckpointError: the checkpoint lacks weights of the config's model or holds them
+            with other shapes (another model; see ``check_model_fits``).
     """
     model = MODELS.build(cfg.model)
     # Read once; the DDP 'module.' prefix, if any, is already removed.
@@ -117,9 +217,7 @@ def load_sparse_detector(cfg, checkpoint):
     network = checkpoint_network(model, state, analysis_image_size(cfg))
     if network is not None:
         attach_network(model, network)
-    missing, _ = model.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f'checkpoint {checkpoint!r} does not fit the config\'s model: '
-                         f'{len(missing)} keys missing, e.g. {", ".join(missing[:3])}')
+    check_model_fits(model.state_dict(), state, checkpoint)
+    model.load_state_dict(state, strict=False)
     model.eval()
     return model, network, meta

@@ -5,11 +5,14 @@ sorted by pattern, then sparsity; the plot shows mAP against measured sparsity, 
 pattern, with the dense network as a reference line.
 """
 import csv
+import io
 from pathlib import Path
 
 from mmsparse.core import parse_subnet
+from mmsparse.utils.safe_write import atomic_path, atomic_write_text
 
 MAIN_METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50')
+REPORT_FILES = ('results.md', 'results.csv', 'results.png')  # what write_report writes
 PATTERN_STYLE = {'unstructured': 'o-', 'channel': 's-', 'nm': '^-', 'block': 'D-'}
 
 
@@ -53,11 +56,12 @@ def format_table(results):
 
 def write_csv(results, path):
     keys = sorted({m for r in results.values() for m in r})
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['subnet', *keys])
-        for subnet, metrics in results.items():
-            writer.writerow([subnet, *(metrics.get(k, '') for k in keys)])
+    text = io.StringIO(newline='')
+    writer = csv.writer(text)
+    writer.writerow(['subnet', *keys])
+    for subnet, metrics in results.items():
+        writer.writerow([subnet, *(metrics.get(k, '') for k in keys)])
+    atomic_write_text(path, text.getvalue())
 
 
 def plot_results(results, path, title='mAP against sparsity'):
@@ -97,16 +101,19 @@ def plot_results(results, path, title='mAP against sparsity'):
         drawn[metric] = [text.get_text() for text in ax.get_legend().get_texts()]
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
     plt.close(fig)
     return drawn
 
 
 def write_report(results, out_dir, title='mAP against sparsity'):
-    """Write ``results.md``, ``results.csv`` and ``results.png`` under ``out_dir``."""
+    """Write ``results.md``, ``results.csv`` and ``results.png`` under ``out_dir``, each
+    through a temporary file renamed into place (check them first with
+    ``mmsparse.utils.safe_write.check_outputs``: they are replaced)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / 'results.md').write_text(f'# {title}\n\n{format_table(results)}\n')
+    atomic_write_text(out / 'results.md', f'# {title}\n\n{format_table(results)}\n')
     write_csv(results, out / 'results.csv')
     plot_results(results, out / 'results.png', title)
     return out

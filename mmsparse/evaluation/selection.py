@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass, field
 
 from mmsparse.core.subnets import PATTERNS, SubnetNameError, parse_subnet
 
-DEFAULT_METRICS = ('coco/segm_mAP', 'coco/bbox_mAP')
+from .selection_inputs import (DEFAULT_METRICS, SelectionError, is_number, is_usable,
+                               canonical_results, latency_table, unscored_subnets)
+
+__all__ = ['DEFAULT_METRICS', 'SelectionError', 'Selection', 'canonical_results', 'explain',
+           'human', 'latency_table', 'parse_patterns', 'parse_quantity', 'select_subnet']
+
 _QUANTITY_RE = re.compile(r'^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)\s*$')
 _SUFFIX = {'': 1, 'k': 1e3, 'm': 1e6, 'g': 1e9, 't': 1e12}
 # Budget key -> (label in messages, the key of the value it bounds)
@@ -24,10 +29,6 @@ BUDGETS = {
     'max_latency_ms': ('max latency', 'latency_ms'),
     'pattern': ('pattern', None),
 }
-
-
-class SelectionError(ValueError):
-    """No subnet fits the budget, or the inputs cannot answer the question asked."""
 
 
 def parse_quantity(text, what='value'):
@@ -92,33 +93,21 @@ def _pattern_fits(name, accepted):
     return spec.pattern in accepted or spec.name in accepted
 
 
-def latency_table(benchmark):
-    """``{subnet: latency in ms}`` from benchmark_subnets' JSON (the whole file, or its
-    ``subnets`` mapping).
+def default_metric(results):
+    """segm mAP when every subnet with a COCO mAP has it, else bbox mAP. A subnet without
+    either (mmdet reports no metric when a subnet detects nothing) does not decide.
 
     Raises:
-        SelectionError: when an entry has no ``latency_ms``.
+        SelectionError: when no subnet has either, naming the metrics present.
     """
-    entries = benchmark.get('subnets', benchmark) if isinstance(benchmark, dict) else None
-    if not isinstance(entries, dict) or not entries:
-        raise SelectionError('latency data holds no subnets (expected the JSON written by '
-                             'tools/analysis_tools/benchmark_subnets.py)')
-    table = {}
-    for name, entry in entries.items():
-        if not isinstance(entry, dict) or 'latency_ms' not in entry:
-            raise SelectionError(f'latency data: subnet {name!r} has no latency_ms')
-        table[parse_subnet(name).name] = float(entry['latency_ms'])
-    return table
-
-
-def default_metric(results):
-    """segm mAP when every subnet has it, else bbox mAP (raises if neither is there)."""
+    scored = [r for r in results.values() if any(is_usable(r.get(m)) for m in DEFAULT_METRICS)]
     for metric in DEFAULT_METRICS:
-        if all(metric in r for r in results.values()):
+        if scored and all(is_usable(r.get(metric)) for r in scored):
             return metric
     present = sorted({k for r in results.values() for k in r})
-    raise SelectionError(f'the results hold neither {" nor ".join(DEFAULT_METRICS)} for every '
-                         f'subnet; pick one with --metric (present: {", ".join(present)})')
+    raise SelectionError(f'no subnet has a value of {" or ".join(DEFAULT_METRICS)} (no '
+                         'detections?); pick a metric with --metric (present: '
+                         f'{", ".join(present) or "none"})')
 
 
 @dataclass
@@ -135,6 +124,8 @@ class Selection:
             overall did not fit, else None.
         excluded: budget key -> names it excluded (a subnet can fail several budgets).
         candidates: How many subnets were considered; ``fitting`` how many fit.
+        unscored: name -> why it has no usable value of the metric (missing, e.g. no
+            detections; null; NaN). Such subnets are never chosen.
     """
     subnet: str
     metric: str
@@ -146,6 +137,7 @@ class Selection:
     excluded: dict = field(default_factory=dict)
     candidates: int = 0
     fitting: int = 0
+    unscored: dict = field(default_factory=dict)
 
     def as_dict(self):
         return asdict(self)
@@ -175,18 +167,27 @@ def _fails(name, row, budgets, latency):
     return failed
 
 
-def _check_inputs(results, metric, budgets, latency):
+def _check_inputs(results, metric, budgets, latency, unscored, source='results'):
     if not results:
-        raise SelectionError('the results hold no subnets')
+        raise SelectionError(f'{source} hold no subnets')
+    if len(unscored) == len(results):
+        if not any(metric in row for row in results.values()):
+            name, row = next(iter(results.items()))
+            raise SelectionError(f'subnet {name!r} has no {metric!r}, nor has any other; '
+                                 f'metrics present: {", ".join(sorted(row))}')
+        raise SelectionError(f'no subnet has a usable {metric}: ' + '; '.join(
+            f'{n}: {why}' for n, why in unscored.items()))
     for name, row in results.items():
-        parse_subnet(name)  # a clear error for a key that is not a subnet name
-        if metric not in row:
-            raise SelectionError(f'subnet {name!r} has no {metric!r}; metrics present: '
-                                 f'{", ".join(sorted(row))}')
         for key in ('max_flops', 'max_params'):
-            if key in budgets and BUDGETS[key][1] not in row:
+            if key not in budgets:
+                continue
+            if BUDGETS[key][1] not in row:
                 raise SelectionError(f'{BUDGETS[key][0]} budget given, but subnet {name!r} '
-                                     f'has no {BUDGETS[key][1]!r} in the results')
+                                     f'has no {BUDGETS[key][1]!r} in the {source}')
+            value = row[BUDGETS[key][1]]
+            if not is_number(value) or not math.isfinite(value):
+                raise SelectionError(f'{source}: subnet {name!r}: {BUDGETS[key][1]} is '
+                                     f'{value!r}, not a finite number')
     if 'max_latency_ms' in budgets:
         if latency is None:
             raise SelectionError('a latency budget needs latency data: pass the JSON of '
@@ -200,7 +201,7 @@ def _check_inputs(results, metric, budgets, latency):
 
 
 def select_subnet(results, metric=None, max_flops=None, max_params=None, max_latency_ms=None,
-                  pattern=None, latency=None):
+                  pattern=None, latency=None, sources=('results', 'latency data')):
     """The most accurate subnet of ``results`` that fits every given budget.
 
     Args:
@@ -212,15 +213,18 @@ def select_subnet(results, metric=None, max_flops=None, max_params=None, max_lat
         pattern: Accepted patterns / subnet names (string for :func:`parse_patterns`, or a
             sequence of them).
         latency: ``{subnet: ms}`` (see :func:`latency_table`) or benchmark_subnets' JSON.
+        sources: How messages name the results and the latency data (e.g. file paths).
 
     Returns:
         :class:`Selection`.
 
     Raises:
         SelectionError: when nothing fits (naming each budget and how many it excluded), or
-            the inputs lack what a budget needs.
+            the inputs are malformed or lack what a budget needs (naming the source and key).
     """
-    results = {parse_subnet(n).name: r for n, r in results.items()}
+    results_source = sources[0] or 'results'
+    latency_source = (sources[1] if len(sources) > 1 else None) or 'latency data'
+    results = canonical_results(results, results_source)
     metric = metric or default_metric(results)
     budgets = {}
     if max_flops is not None:
@@ -233,10 +237,11 @@ def select_subnet(results, metric=None, max_flops=None, max_params=None, max_lat
         budgets['pattern'] = parse_patterns(pattern if isinstance(pattern, str)
                                             else ','.join(pattern))
     if latency is not None:
-        latency = ({parse_subnet(n).name: float(v) for n, v in latency.items()}
-                   if all(isinstance(v, (int, float)) for v in latency.values())
-                   else latency_table(latency))
-    _check_inputs(results, metric, budgets, latency)
+        latency = latency_table(latency, latency_source)
+    unscored = unscored_subnets(results, metric)
+    _check_inputs(results, metric, budgets, latency, unscored, results_source)
+    all_results = results
+    results = {n: r for n, r in results.items() if n not in unscored}
 
     def cost(name):  # higher metric first; then fewer FLOPs, lower latency, fewer params
         row = results[name]
@@ -249,7 +254,8 @@ def select_subnet(results, metric=None, max_flops=None, max_params=None, max_lat
     fitting = [n for n in ranked if not failures[n]]
     excluded = {key: [n for n in ranked if key in failures[n]] for key in budgets}
     if not fitting:
-        raise SelectionError(_nothing_fits(results, budgets, excluded, latency))
+        raise SelectionError(_nothing_fits(results, budgets, excluded, latency)
+                             + _unscored_text(unscored))
     chosen = fitting[0]
     fits = {key: _own_value(chosen, key, results, latency) for key in budgets}
     best = ranked[0]
@@ -261,7 +267,15 @@ def select_subnet(results, metric=None, max_flops=None, max_params=None, max_lat
         best_overall=(dict(subnet=best, value=float(results[best][metric]),
                            excluded_by=[BUDGETS[k][0] for k in failures[best]])
                       if best != chosen else None),
-        excluded=excluded, candidates=len(ranked), fitting=len(fitting))
+        excluded=excluded, candidates=len(all_results), fitting=len(fitting),
+        unscored=unscored)
+
+
+def _unscored_text(unscored):
+    if not unscored:
+        return ''
+    return ('; not considered (no usable metric): '
+            + ', '.join(f'{n} ({why})' for n, why in unscored.items()))
 
 
 def _limit_text(key, limit):
@@ -312,4 +326,7 @@ def explain(selection):
     for key, names in s.excluded.items():
         lines.append(f'excluded by {BUDGETS[key][0]} ({_limit_text(key, s.budgets[key])}): '
                      f'{len(names)}' + (f' ({", ".join(names)})' if names else ''))
+    if s.unscored:
+        lines.append(f'not considered, no usable {s.metric}: {len(s.unscored)} ('
+                     + ', '.join(f'{n}: {why}' for n, why in s.unscored.items()) + ')')
     return lines

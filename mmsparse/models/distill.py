@@ -33,8 +33,7 @@ class DenseDistiller:
     """
 
     def __init__(self, model, network, weight=0.5, temperature=1.0):
-        if not 0 < weight <= 1:
-            raise ValueError(f'distillation weight must be in (0, 1], got {weight}')
+        self.check_options(weight, temperature)
         self.model, self.network = model, network
         self.weight, self.temperature = weight, temperature
         self.enabled = False
@@ -54,6 +53,14 @@ class DenseDistiller:
         else:
             model.bbox_head.register_forward_hook(self._keep('dense_head', lambda out: out[0]))
         model.register_forward_hook(self._add_kd, with_kwargs=True)
+
+    @staticmethod
+    def check_options(weight=0.5, temperature=1.0):
+        """Raise for bad options (an unknown one is a ``TypeError``), before any model."""
+        if not 0 < weight <= 1:
+            raise ValueError(f'distillation weight must be in (0, 1], got {weight}')
+        if not temperature > 0:
+            raise ValueError(f'distillation temperature must be > 0, got {temperature}')
 
     def _keep(self, key, pick, from_inputs=False):
         def hook(module, inputs, output):

@@ -10,14 +10,17 @@ needs nothing here.
 One object needs more than an allow-list: ``HistoryBuffer.__getstate__`` adds its
 ``statistics_methods`` dict, which pickles functions through ``builtins.getattr``, and
 allow-listing ``getattr`` would defeat the check. That dict is redundant (the methods are
-registered on the class, and ``__setstate__`` restores the defaults), so we register a
-``copyreg`` reducer that leaves it out of checkpoints written by processes that import mmsparse.
-Resume files written without mmsparse still need ``weights_only=False`` to load.
+registered on the class, and ``__setstate__`` restores the defaults), so
+:func:`portable_checkpoint` replaces, in the checkpoint dict about to be saved (and nowhere
+else: pickling and copying of HistoryBuffer elsewhere in the process are unchanged), each
+buffer by a stand-in that pickles as a plain ``HistoryBuffer`` without that dict.
+:class:`PortableCheckpointHook` calls it before every save; ``mmsparse.engine.launch``'s
+``build_runner`` (tools/train.py) registers it. Resume files written by runners without it
+still need ``weights_only=False`` to load.
 """
-import copyreg
-
 import numpy as np
 import torch
+from mmengine.hooks import Hook
 
 
 def _numpy_globals():
@@ -32,10 +35,39 @@ def _numpy_globals():
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
-def _reduce_history_buffer(buffer):
-    """Pickle a HistoryBuffer as class + state, without its bound statistics methods."""
-    state = {k: v for k, v in buffer.__dict__.items() if k != 'statistics_methods'}
-    return copyreg.__newobj__, (type(buffer), ), state
+class _PortableHistoryBuffer:
+    """Stands in for one HistoryBuffer in a checkpoint dict: pickles as that buffer's class
+    and state, without the bound statistics methods."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+
+    def __reduce_ex__(self, protocol):
+        state = {k: v for k, v in self.buffer.__dict__.items() if k != 'statistics_methods'}
+        # An empty buffer of the class, then its state (``__setstate__``): both are what an
+        # allow-listed class may do under weights_only.
+        return type(self.buffer), (), state
+
+
+def portable_checkpoint(checkpoint):
+    """Make the message hub's HistoryBuffers in ``checkpoint`` (a dict mmengine is about to
+    save) loadable with ``weights_only=True``; in place. The live message hub is untouched
+    (mmengine saves copies)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    scalars = (checkpoint.get('message_hub') or {}).get('log_scalars') or {}
+    for key, value in scalars.items():
+        if type(value) is HistoryBuffer:
+            scalars[key] = _PortableHistoryBuffer(value)
+
+
+class PortableCheckpointHook(Hook):
+    """Calls :func:`portable_checkpoint` on every checkpoint the Runner saves (last, after
+    the other hooks have added their state)."""
+
+    priority = 'LOWEST'
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        portable_checkpoint(checkpoint)
 
 
 def register_checkpoint_safe_globals():
@@ -46,5 +78,4 @@ def register_checkpoint_safe_globals():
     if not hasattr(torch.serialization, 'add_safe_globals'):  # torch < 2.4
         return
     from mmengine.logging.history_buffer import HistoryBuffer
-    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
     torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_globals()])

@@ -4,11 +4,12 @@ import io
 import pickle
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmsparse.core import (SparseNetwork, generate_masks, is_mask_key, make_masked,
                            masked_layers)
-from mmsparse.core.layers import straight_through_mask
+from mmsparse.core.layers import original_class, straight_through_mask, unmask_layer
 from mmsparse.core.subnets import parse_subnet
 from tiny_models import Deconv, LinearHead, Residual, build
 
@@ -182,3 +183,47 @@ def test_is_mask_key_is_precise():
     assert is_mask_key('roi_head.mask_head.convs.0.conv.mask_unstructured_level')
     assert not is_mask_key('roi_head.mask_head.convs.0.conv.weight')
     assert not is_mask_key('roi_head.mask_head.conv_logits.bias')
+
+
+def test_masked_layer_state_api_cache_tap_and_unmask():
+    """The public state API: ``masks_changed`` after an in-place buffer edit, the gradient
+    tap (dL/dM = dL/dW_eff * W), ``release_tap`` and ``unmask_layer``."""
+    torch.manual_seed(0)
+    conv = make_masked(nn.Conv2d(3, 4, 3, padding=1))
+    dense = conv.dense_weight.detach().clone()
+    keep = torch.rand_like(dense) > 0.5
+    conv.set_masks(unstructured=([0.5], keep.to(torch.uint8)))  # level 1: kept at 0.5
+    conv.active_subnet = parse_subnet('unstructured@0.50')
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(conv.active_mask(), keep.float())
+
+    # An in-place edit of the buffers (e.g. a broadcast) is seen only after masks_changed().
+    version = conv.mask_version
+    with torch.no_grad():
+        conv.mask_unstructured_level.zero_()
+    assert torch.equal(conv.active_mask(), keep.float())  # still the cached mask
+    conv.masks_changed()
+    assert conv.mask_version != version and not conv.active_mask().any()
+    assert torch.equal(conv(x), F.conv2d(x, torch.zeros_like(dense), conv.bias, padding=1))
+    with torch.no_grad():
+        conv.mask_unstructured_level.copy_(keep.to(torch.uint8))
+    conv.masks_changed()
+
+    # The tap is the mask the forward uses, as a leaf whose grad is dL/dW_eff * W.
+    tap = conv.tap_active_mask()
+    assert tap.is_leaf and tap.requires_grad and torch.equal(tap, keep.float())
+    conv(x).square().sum().backward()
+    effective = (dense * keep).requires_grad_()
+    F.conv2d(x, effective, conv.bias.detach(), padding=1).square().sum().backward()
+    assert torch.allclose(tap.grad, effective.grad * dense, atol=1e-5)
+    assert torch.allclose(conv.dense_weight.grad, effective.grad * keep, atol=1e-5)
+    conv.release_tap()
+    mask = conv.active_mask()
+    assert mask is not tap and not mask.requires_grad and torch.equal(mask, keep.float())
+
+    # unmask_layer: the original class, no mask buffers or attributes, the dense weight.
+    assert unmask_layer(conv) is conv and type(conv) is nn.Conv2d
+    assert not any(is_mask_key(k) for k in conv.state_dict())
+    assert not hasattr(conv, 'active_subnet') and original_class(conv) is nn.Conv2d
+    assert torch.equal(conv.weight, dense)
+    assert torch.equal(conv(x), F.conv2d(x, dense, conv.bias, padding=1))

@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from mmsparse.core.patterns import (SparsitySpecError, block_mask, channel_mask,
-                                    channel_scores_umm, keep_count, level_mask, nested_levels,
-                                    nm_mask, pack_bits, topk_mask, unpack_bits)
+from mmsparse.core.patterns import (SparsitySpecError, block_scores, channel_mask,
+                                    channel_scores_umm, check_block_shape, expand_blocks,
+                                    keep_count, level_mask, nested_levels, nm_mask, pack_bits,
+                                    topk_mask, unpack_bits)
 
 RATIOS = [0.2, 0.36, 0.49, 0.59, 0.67, 0.74, 0.79, 0.83, 0.87, 0.89]
 
@@ -94,7 +95,7 @@ def test_linear_2_4_matches_torch_ao_weight_norm_sparsifier():
     (lambda: nm_mask(torch.ones(4, 8), 4, 4), '0 < N < M'),
     (lambda: keep_count(10, 1.0), r'\[0, 1\)'),
     (lambda: channel_mask(torch.ones(4), -0.5), r'\[0, 1\)'),
-    (lambda: block_mask(torch.ones(6, 8), (4, 1), 0.5), 'does not tile')])
+    (lambda: check_block_shape((6, 8), (4, 1)), 'does not tile')])
 def test_impossible_sparsity_is_a_clear_error(call, match):
     with pytest.raises(SparsitySpecError, match=match):
         call()
@@ -113,10 +114,12 @@ def test_umm_scores_count_masked_weights_as_zero():
     assert channel_scores_umm(w, m).tolist() == [0.5, 0.75]
 
 
-def test_block_mask_keeps_whole_blocks_exactly():
+def test_block_levels_keep_whole_blocks_exactly():
     torch.manual_seed(0)
     w = torch.randn(8, 8, 3, 3)
-    mask = block_mask(w.abs(), (2, 4), 0.5)
+    # what unified mask generation stores for block subnets
+    level = expand_blocks(nested_levels(block_scores(w.abs(), (2, 4)), [0.5]), (2, 4), w.shape)
+    mask = level_mask(level, [0.5], 0.5)
     blocks = mask.reshape(4, 2, 2, 4, 9).permute(0, 2, 1, 3, 4).reshape(4, 2, -1)
     assert ((blocks.all(2)) | (~blocks.any(2))).all(), 'each block kept or removed whole'
     assert int(blocks.all(2).sum()) == 4

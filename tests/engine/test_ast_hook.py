@@ -71,7 +71,7 @@ def test_hook_alternates_prunes_on_schedule_and_regrows_by_gradient(subnets):
         target = torch.randn(4, 4, 6, 6)  # a new batch every iteration
         hook.before_train_iter(runner, t)
         assert network.active == specs[t % 2]
-        taps = hook._taps is not None
+        taps = hook.masker.taps is not None
         if taps:  # what the regrowth must use: dL/dW_eff of this subnet, dense
             spec = network.active
             effective = {n: (l.dense_weight.detach() * l.mask_for(spec)).requires_grad_()
@@ -158,6 +158,39 @@ def test_correction_scope_selects_the_corrected_parameters(scope):
     assert remembered == (only if only is not None else every)
     with pytest.raises(ValueError, match='correction_scope'):
         SparseASTHook(subnets=subnets, correction_scope='bn')
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(update_interval=0), 'SparseASTHook: update_interval must be a positive integer'),
+    (dict(subnets=['unstructured@0.5', 'unstructured@0.7', 'unstructured@0.9'],
+          update_interval=2), r'SparseASTHook: update_interval \(2\) must be >= the number '
+                              r'of subnets \(3\)'),
+    (dict(regrow_initial=2), r'SparseASTHook: regrow_initial must be a fraction in \[0, 1\]'),
+    (dict(prune_power=-1), 'SparseASTHook: prune_power must be > 0, got -1'),
+    (dict(prune_start=0.6), 'prune_start <= prune_end <= regrow_end <= 1, got 0.6, 0.5'),
+    (dict(scope='net'), "scope must be 'global' or 'layer', got 'net'"),
+    (dict(subnets=['dense']), 'SparseASTHook needs at least one sparse subnet'),
+    (dict(correction_scope='bn'), 'SparseASTHook: correction_scope must be one of'),
+])
+def test_bad_options_fail_when_the_hook_is_built(options, match):
+    with pytest.raises(ValueError, match=match):
+        SparseASTHook(**options)
+
+
+def test_the_default_order_needs_the_subnets_hook_and_fits_the_interval():
+    subnets = ['unstructured@0.50', 'unstructured@0.80', 'nm@2:4']
+    _, _, runner, _ = _stub(subnets, name='default-order')
+    hook = SparseASTHook(switchable_bn=False, update_interval=2)
+    with pytest.raises(ValueError, match=r'give subnets=\[...\]'):
+        hook.before_run(runner)
+    from mmsparse.engine.hooks import SparseSubnetsHook
+    runner.hooks = [SparseSubnetsHook(subnets=subnets)]
+    with pytest.raises(ValueError, match=r'update_interval \(2\) must be >= the number of '
+                                         r'subnets \(3\)'):
+        hook.before_run(runner)
+    hook = SparseASTHook(switchable_bn=False, update_interval=3)
+    hook.before_run(runner)
+    assert [s.name for s in hook.order] == ['unstructured@0.50', 'unstructured@0.80', 'nm@2:4']
 
 
 ITERS = 8

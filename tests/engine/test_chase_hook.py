@@ -12,8 +12,8 @@ from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (registers the hooks, allow-lists checkpoint globals)
 from conftest import REPO, TINY_CONFIG, assert_same_tensors, train, train_two_ranks
-from mmsparse.core import is_mask_key
-from mmsparse.core.methods.chase import ChaseSchedule, channel_keeps, weight_masks
+from mmsparse.core import channel_keep, is_mask_key
+from mmsparse.core.methods.chase import ChaseSchedule, weight_masks
 from mmsparse.models import detector_loss_run, sparsify_detector
 from mmsparse.registry import HOOKS
 
@@ -101,7 +101,7 @@ def test_weights_and_momentum_are_masked_and_the_budget_is_exact(run, network_at
         for name, mask in masks.items():
             assert not network.layers[name].dense_weight[~mask].any(), (t, name)
             assert not momentum[f'{name}.weight'][~mask].any(), (t, name)
-        keeps = channel_keeps(network, SCHEDULE.channel)
+        keeps = channel_keep(network, SCHEDULE.channel, all_layers=True)
         modules = dict(network.model.named_modules())
         for name, keep in keeps.items():
             for follower in network.graph.channels[name].followers:
@@ -115,7 +115,7 @@ def test_weights_and_momentum_are_masked_and_the_budget_is_exact(run, network_at
 
 def test_removed_channels_output_zero_and_both_subnets_agree(network_at):
     network = network_at(ITERS)
-    keeps = channel_keeps(network, SCHEDULE.channel)
+    keeps = channel_keep(network, SCHEDULE.channel, all_layers=True)
     modules = dict(network.model.named_modules())
     outputs, handles = {}, []
     for name in keeps:
@@ -158,6 +158,22 @@ def test_impossible_settings_fail_when_the_hook_is_built():
         HOOKS.build(dict(type='mmsparse.ChaseHook', sparsity=1.0))
     with pytest.raises(ValueError, match='prune_scope'):
         HOOKS.build(dict(type='mmsparse.ChaseHook', prune_scope='layers'))
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(channel_sparsity=1.0), r'Chase channel_sparsity must be in \[0, 1\), got 1.0'),
+    (dict(update_interval=0), 'update_interval must be an integer >= 1, got 0'),
+    (dict(update_interval=2.5), 'update_interval must be an integer >= 1, got 2.5'),
+    (dict(update_end=1.5), r'update_end must be in \(0, 1\] .* got 1.5'),
+    (dict(update_end=0), r'update_end must be in \(0, 1\] .* got 0'),
+    (dict(extra_density=0.6), r'extra_density must be in \[0, sparsity=0.5\], got 0.6'),
+    (dict(drop_fraction=1.0), r'drop_fraction must be in \[0, 1\), got 1.0'),
+    (dict(beta=1.5), r'beta must be in \[0, 1\], got 1.5'),
+    (dict(erk_power=-1), 'erk_power must be >= 0, got -1'),
+])
+def test_every_option_is_checked_when_the_hook_is_built(options, match):
+    with pytest.raises(ValueError, match=match):
+        HOOKS.build(dict(type='mmsparse.ChaseHook', **options))
 
 
 def test_two_gloo_processes_agree_on_masks_and_weights(tmp_path, tiny_data):

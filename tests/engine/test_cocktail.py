@@ -11,7 +11,7 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state, run_tool,
+from conftest import (REPO, TINY_CONFIG, assert_same_tensors, checkpoint_state,
                       tiny_cocktail_config, train, train_two_ranks)
 from mmsparse.core import cocktail_subnets, generate_masks, is_mask_key
 from mmsparse.core.methods.schedules import stage_at
@@ -185,12 +185,43 @@ def test_straight_through_sparse_steps_reach_the_removed_weights(tmp_path, tiny_
     assert dump['straight_through_after_train'] is False  # a training-time choice only
 
 
-def test_straight_through_with_masked_momentum_is_an_error(tmp_path, tiny_data):
-    cfg = tiny_cocktail_config(tmp_path / 'ste_mom.py', 'straight_through=True',
-                               'loss_keys_hook', 'LossKeysHook', '''
-        train_cfg = dict(max_iters=1, val_interval=1000)
-        optim_wrapper = dict(type='mmsparse.SparseOptimWrapper', mask_momentum=True)
-    ''')
-    result = run_tool(['tools/train.py', cfg, '--work-dir', tmp_path / 'w'])
-    assert result.returncode != 0
-    assert 'straight_through=True) moves the removed weights' in result.stdout + result.stderr
+@pytest.mark.parametrize('options, error, match', [
+    (dict(patterns=[]), ValueError, r'patterns must name sparse patterns .* got \[\]'),
+    (dict(patterns=['dense']), ValueError, r"patterns must name .* got \['dense'\]"),
+    (dict(num_stages=0), ValueError, 'num_stages must be an integer >= 1'),
+    (dict(stage_end=1.2), ValueError, 'stage_end=1.2'),
+    (dict(stage_start=0.9, stage_end=0.5), ValueError, 'stage_start=0.9, stage_end=0.5'),
+    (dict(num_stages=2, fixed_stage=3), ValueError, r'fixed_stage must be one of 1..2'),
+    (dict(distill='yes'), ValueError, "distill must be a dict .* got 'yes'"),
+    (dict(distill=dict(weight=0.5, temp=2)), TypeError, "unexpected keyword argument 'temp'"),
+    (dict(distill=dict(temperature=0)), ValueError, 'distillation temperature must be > 0'),
+])
+def test_bad_options_fail_when_the_hook_is_built(options, error, match):
+    from mmsparse.engine.hooks import SparseCocktailHook
+    with pytest.raises(error, match=match):
+        SparseCocktailHook(**options)
+
+
+@pytest.mark.parametrize('subnets, options, match', [
+    ([], {}, r"co-trains sparse subnets, but the model holds only \['dense'\]"),
+    (['unstructured@0.5', 'unstructured@0.8'], dict(fixed_stage=3),
+     r'fixed_stage must be one of 1..2 \(num_stages\), got 3'),
+])
+def test_options_the_model_decides_fail_before_the_first_iteration(subnets, options, match):
+    """The subnets come from the model: a dense-only one, or fewer stages than fixed_stage."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from mmsparse.core import SparseNetwork
+    from mmsparse.engine.hooks import SparseCocktailHook
+    from mmsparse.models import attach_network
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 4, 4)
+    network = attach_network(model, SparseNetwork(model, lambda m: m(x)))
+    if subnets:
+        generate_masks(network, subnets)
+    runner = SimpleNamespace(model=model, iter=0, max_iters=8)
+    with pytest.raises(ValueError, match=match):
+        SparseCocktailHook(**options).before_train(runner)

@@ -18,7 +18,7 @@ from mmsparse.core.methods.chase import channel_floor
 from mmsparse.core.methods.mask_sources import chase_channel_masks
 from mmsparse.core.patterns import global_levels, keep_count
 from mmsparse.engine.hooks import SparseCocktailHook
-from mmsparse.engine.hooks.mask_sources import CocktailMaskSources
+from mmsparse.engine.mask_sources import CocktailMaskSources
 from mmsparse.models import sparsify_detector
 
 ITERS = 12

@@ -102,3 +102,21 @@ def test_two_gloo_processes_compute_identical_masks_and_weights(tmp_path, tiny_d
     assert_same_tensors(p0['params'], p1['params'])
     total = sum(r0['masks'][k].numel() for k in masks)
     assert sum(int((r0['masks'][k] >= 1).sum()) for k in masks) == keep_count(total, 0.8)
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(sparsity=1.0), r'Spartan sparsity must be in \[0, 1\), got 1.0'),
+    (dict(freeze_at=1.2), 'freeze_at=1.2'),
+    (dict(anneal_end=0.9, freeze_at=0.8), 'anneal_end=0.9, freeze_at=0.8'),
+    (dict(beta_start=30.0), 'beta_start <= beta_end, got 30.0, 20.0'),
+    (dict(allocation='local'), "allocation must be one of .* got 'local'"),
+    (dict(cost='macs'), "cost must be one of .* got 'macs'"),
+    (dict(tol=0), 'SpartanHook tol must be > 0, got 0'),
+    (dict(block_shape=(2, )), r'SpartanHook block_shape must be two positive integers, got \(2,\)'),
+    (dict(block_shape=(0, 4)), r'block_shape must be two positive integers, got \(0, 4\)'),
+    (dict(analysis_image_size=128), 'analysis_image_size must be two positive integers, got 128'),
+])
+def test_bad_options_fail_when_the_hook_is_built(options, match):
+    from mmsparse.engine.hooks import SpartanHook
+    with pytest.raises(ValueError, match=match):
+        SpartanHook(**options)

@@ -29,8 +29,15 @@ def trained(tmp_path_factory, tiny_data):
             dict(type='mmsparse.SubnetBNStatsHook', batches=2),
         ]
     '''))
-    log = train(cfg, root / 'train')
-    return dict(root=root, cfg=cfg, log=log, ckpt=root / 'train' / f'iter_{ITERS}.pth')
+    # trained with tests/helpers' BNProbeHook, which records the validation's statistics
+    probed = root / 'tiny_bn_stats_probed.py'
+    probed.write_text(f"_base_ = ['{cfg}']\n"
+                      "custom_imports = dict(imports=['bn_probe_hook'])\n"
+                      "custom_hooks = [*_base_.custom_hooks, dict(type='BNProbeHook', out='"
+                      + str(root / 'val_probe.json') + "')]\n")
+    log = train(probed, root / 'train')
+    return dict(root=root, cfg=cfg, log=log, ckpt=root / 'train' / f'iter_{ITERS}.pth',
+                val_probe=root / 'val_probe.json')
 
 
 def test_only_the_last_checkpoint_stores_each_subnets_statistics(trained):
@@ -41,8 +48,12 @@ def test_only_the_last_checkpoint_stores_each_subnets_statistics(trained):
     assert mean.shape == var.shape == (3, 16)
     assert not torch.allclose(mean[0], mean[2])  # dense and nm@2:4 differ
     assert 'stored the BatchNorm statistics of 3 subnets (2 batches each' in trained['log']
-    # the final validation (after the hook, same iteration) used them
-    assert "BatchNorm statistics: each subnet's own, stored in the checkpoint" in trained['log']
+    # the final validation (after the hook, same iteration) evaluated each subnet with its row
+    during = {active: v for when, active, v in json.loads(trained['val_probe'].read_text())
+              if when == 'val_iter'}
+    assert list(during) == NAMES
+    for row, name in enumerate(NAMES):
+        assert during[name] == pytest.approx(float(mean[row].sum()), abs=1e-5), name
 
 
 def _probe(trained, name, *args):
@@ -80,7 +91,14 @@ def test_trained_bn_ignores_the_stored_statistics(trained):
 
 
 def test_training_from_the_checkpoint_drops_the_stored_statistics(trained):
-    log = train(trained['cfg'], trained['root'] / 'again', '--cfg-options',
-                f'load_from={trained["ckpt"]}', 'train_cfg.max_iters=1',
-                'train_cfg.val_interval=1000', 'custom_hooks.1.batches=1')
-    assert "dropped the checkpoint's stored per-subnet BatchNorm statistics" in log
+    assert [k for k in checkpoint_state(trained['ckpt']) if 'subnet_running' in k]
+    # Without SubnetBNStatsHook nothing stores new statistics: whatever the new checkpoint
+    # holds would be the loaded ones, kept through training.
+    cfg = trained['root'] / 'again_cfg.py'
+    cfg.write_text(f"_base_ = ['{trained['cfg']}']\n"
+                   'custom_hooks = [_base_.custom_hooks[0]]\n')
+    train(cfg, trained['root'] / 'again', '--cfg-options', f'load_from={trained["ckpt"]}',
+          'train_cfg.max_iters=1', 'train_cfg.val_interval=1000')
+    state = checkpoint_state(trained['root'] / 'again/iter_1.pth')
+    assert any(k.endswith('.mask_nm_bits') for k in state)  # the masks came along
+    assert not [k for k in state if 'subnet_running' in k]

@@ -1,4 +1,5 @@
-"""Test-only hook: record a BatchNorm's running mean at every test iteration and at the end."""
+"""Test-only hook: record a BatchNorm's running mean at every test (or validation) iteration
+and at the end."""
 import json
 
 from mmengine.hooks import Hook
@@ -8,7 +9,9 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class BNProbeHook(Hook):
-    """Append ``[when, active subnet, sum of a BN's running mean]`` per test iteration.
+    """Append ``[when, active subnet, sum of a BN's running mean]`` per test iteration
+    (``'iter'``) and validation iteration (``'val_iter'``); written after each test or
+    validation.
 
     The BN is ``backbone.layer1.0.bn1``, which follows a masked conv (the stem's BN would
     see the same input under every subnet).
@@ -41,5 +44,14 @@ class BNProbeHook(Hook):
 
     def after_test(self, runner):
         self._record(runner, 'after_test')
+        self._dump()
+
+    def before_val_iter(self, runner, batch_idx, data_batch=None):
+        self._record(runner, 'val_iter')
+
+    def after_val(self, runner):
+        self._dump()
+
+    def _dump(self):
         with open(self.out, 'w') as f:
             json.dump(self.records, f)

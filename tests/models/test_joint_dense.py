@@ -158,7 +158,7 @@ def test_two_gloo_processes_keep_the_same_weights(tmp_path, tiny_data):
 
 
 def test_joint_dense_and_distillation_together_are_an_error():
-    from mmsparse.engine.hooks.sparse_cocktail_hook import SparseCocktailHook
+    from mmsparse.engine.hooks import SparseCocktailHook
     with pytest.raises(ValueError, match='joint_dense and distill cannot be combined'):
         SparseCocktailHook(joint_dense=True, distill=dict(weight=0.5))
     with pytest.raises(ValueError, match='joint dense loss weight must be > 0'):

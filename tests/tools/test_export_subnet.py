@@ -208,7 +208,18 @@ def test_unknown_subnet_and_maskless_checkpoint(sparse_checkpoint):
 
 
 def _tool():
-    return load_tool('tools/export_subnet.py')
+    """The tool's library side (the package modules it calls) and its ``write_one``."""
+    import types
+
+    from mmsparse.core.export.deploy import ExportError
+    from mmsparse.engine import export_config, subnet_export
+    from mmsparse.engine.sparse_checkpoint import load_sparse_detector
+    return types.SimpleNamespace(
+        ExportError=ExportError, load_sparse_detector=load_sparse_detector,
+        export_model=subnet_export.export_model, bn_source=subnet_export.bn_source,
+        plain_config=export_config.plain_config,
+        find_mmsparse_types=export_config.find_mmsparse_types,
+        write_one=load_tool('tools/export_subnet.py').write_one)
 
 
 def test_plain_config_of_a_cocktail_config():
@@ -219,7 +230,7 @@ def test_plain_config_of_a_cocktail_config():
     cfg = Config.fromfile(str(REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'))
     assert cfg.val_cfg.type == 'mmsparse.SubnetValLoop' and 'cocktail_val_cfg' in cfg
     plain = tool.plain_config(cfg, '/x/u50.pth')
-    assert not list(tool._find_mmsparse_types(plain._cfg_dict.to_dict()))
+    assert not list(tool.find_mmsparse_types(plain._cfg_dict.to_dict()))
     assert plain.custom_hooks == [] and plain.val_cfg.type == 'ValLoop'
     assert 'cocktail_val_cfg' not in plain and plain.load_from == '/x/u50.pth'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -267,7 +278,8 @@ def test_stored_bn_statistics_are_stored_by_the_tool_and_exported(sparse_checkpo
         assert not [k for k in state if 'subnet_running' in k], name
         if name == 'nm@2:4':  # same channels: the row itself
             assert torch.equal(state['backbone.layer1.0.bn1.running_mean'], rows[row])
-    assert tool.bn_source(args, model, network, (parse_subnet('nm@2:4'), )) == 'trained'
-    with pytest.raises(SystemExit):  # argparse: --out must differ from the input
-        load_tool('tools/misc/store_bn_stats.py').parse_args(
-            [str(sparse_checkpoint['cfg']), str(stored), '--out', str(stored)])
+    assert tool.bn_source(0, model, network, (parse_subnet('nm@2:4'), )) == 'trained'
+    from mmsparse.utils.safe_write import OutputError
+    with pytest.raises(OutputError, match='is an input of this run'):
+        load_tool('tools/misc/store_bn_stats.py').main(
+            [str(sparse_checkpoint['cfg']), str(stored), '--out', str(stored), '--force'])

@@ -174,3 +174,37 @@ def test_tool_exits_non_zero_with_the_reason(tmp_path, capsys):
         in result.stderr
     assert _tool().main([str(tmp_path / 'missing.json')]) == 1
     assert 'cannot read results' in capsys.readouterr().err
+
+
+def test_unusable_metrics_are_never_chosen_and_are_reported():
+    nan = dict(RESULTS, dense=_row(float('nan'), 10_000_000, 40e9))
+    chosen = select_subnet(nan)
+    assert chosen.subnet == 'nm@2:4' and chosen.unscored == {'dense': 'coco/segm_mAP is NaN'}
+    assert chosen.candidates == 5 and chosen.fitting == 4
+    silent = {n: dict(r) for n, r in RESULTS.items()}
+    for key in ('coco/segm_mAP', 'coco/bbox_mAP'):  # mmdet: no detections, no metric
+        del silent['dense'][key]
+    assert select_subnet(silent).unscored == {'dense': 'no coco/segm_mAP (no detections?)'}
+    with pytest.raises(SelectionError, match=r'no subnet has a usable coco/segm_mAP: dense: '
+                                             r'coco/segm_mAP is NaN; nm@2:4: coco/segm_mAP is '
+                                             'null'):
+        select_subnet({'dense': _row(float('nan'), 1, 1), 'nm@2:4': dict(
+            _row(0.1, 1, 1), **{'coco/segm_mAP': None})}, metric='coco/segm_mAP')
+    with pytest.raises(SelectionError, match=r'no subnet fits the budget: .*; not considered '
+                                             r'\(no usable metric\): dense \(coco/segm_mAP is '
+                                             r'NaN\)'):
+        select_subnet(nan, max_flops='1G')
+
+
+def test_budget_values_and_latency_keys_are_checked():
+    bad = dict(RESULTS, dense=dict(RESULTS['dense'], flops=float('nan')))
+    with pytest.raises(SelectionError, match="results: subnet 'dense': flops is nan, not a "
+                                             'finite number'):
+        select_subnet(bad, max_flops='30G')
+    twice = {'subnets': dict(LATENCY['subnets'], **{'channel@0.3': {'latency_ms': 1.0}})}
+    with pytest.raises(SelectionError, match="bench.json: keys 'channel@0.30' and "
+                                             "'channel@0.3' both name subnet channel@0.30"):
+        select_subnet(RESULTS, max_latency_ms=80, latency=twice,
+                      sources=('results.json', 'bench.json'))
+    with pytest.raises(SelectionError, match="latency of subnet 'dense' is 'fast'"):
+        select_subnet(RESULTS, max_latency_ms=80, latency={'dense': 'fast'})

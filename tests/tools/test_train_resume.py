@@ -40,3 +40,32 @@ def test_allow_list_does_not_disable_weights_only(tmp_path):
     torch.save({'x': NotAllowListed()}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_history_buffers_pickle_plainly_outside_checkpoints():
+    """The allow-list changes no pickling in the process: only the checkpoint dict being
+    saved gets buffers without their bound methods."""
+    import copy
+    import copyreg
+    import io
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    import mmsparse.engine  # noqa: F401
+    from mmsparse.utils.checkpoint import portable_checkpoint
+    assert HistoryBuffer not in copyreg.dispatch_table
+    buffer = HistoryBuffer()
+    buffer.update(2.0)
+    assert 'statistics_methods' in copy.deepcopy(buffer).__getstate__()
+    checkpoint = dict(message_hub=dict(log_scalars={'train/loss': buffer}))
+    with pytest.raises(pickle.UnpicklingError):  # as mmengine saves it: functions inside
+        raw = io.BytesIO()
+        torch.save(checkpoint, raw)
+        raw.seek(0)
+        torch.load(raw, weights_only=True)
+    portable_checkpoint(checkpoint)
+    raw = io.BytesIO()
+    torch.save(checkpoint, raw)
+    raw.seek(0)
+    loaded = torch.load(raw, weights_only=True)['message_hub']['log_scalars']['train/loss']
+    assert type(loaded) is HistoryBuffer and loaded.current() == 2.0

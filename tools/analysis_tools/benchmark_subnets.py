@@ -19,19 +19,23 @@ Counts per subnet:
 
 * ``params`` / ``flops``: what the subnet keeps (non-zero weights; MACs of the weighted layers
   on the benchmark image, with the dense network's RoIs), as in ``tools/test.py``'s results.
-* ``params_exported`` / ``flops_exported``: the exported model's tensor sizes, i.e. what
-  dense kernels compute. For channel subnets the removed channels are gone (slightly fewer
-  than ``params``: the exported model also drops the removed channels' inputs of the dense
-  prediction layers, which hold no masks and so are not counted there); for unstructured
-  and N:M subnets the dense counts (zeros are still multiplied unless a sparse kernel runs
-  them).
+* ``params_exported`` / ``flops_exported``: the exported model's tensor sizes and its
+  FLOPs (multiply-adds) counted by ``mmengine.analysis.FlopAnalyzer`` over every operator
+  (normalisation and upsampling too) of the tensor-mode forward, the RoI head on the dense
+  network's proposals for every subnet (see ``mmsparse/evaluation/flops.py``): what dense
+  kernels compute. For channel subnets the removed channels are gone (``params_exported``
+  is slightly below ``params``: the exported model also drops the removed channels' inputs
+  of the dense prediction layers, which hold no masks and so are not counted there); for
+  unstructured and N:M subnets they are the dense counts (zeros are still multiplied unless
+  a sparse kernel runs them). ``params`` / ``flops`` add what only mmsparse knows: the
+  nonzero weights and MACs each subnet keeps.
 
 Writes ``benchmark.json`` (read by ``tools/select_subnet.py --latency``) and ``benchmark.md``
 to ``--out-dir``. The input is the test dataset's first image through the test pipeline, or
-a synthetic ``--shape H W`` image.
+a synthetic ``--shape H W`` image. Existing output files are refused unless ``--force``
+is given (checked before anything is measured); the inputs are never overwritten.
 """
 import argparse
-import json
 import os.path as osp
 import platform
 import statistics
@@ -49,21 +53,23 @@ from mmengine.utils import ProgressBar
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (allow-lists checkpoint globals)
 from mmsparse.core import DENSE, record_positions, subnet_stats
-from mmsparse.core.layers import MASKABLE_TYPES
 from mmsparse.core.export.slimming import slim_subnet
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.runner.subnet_loops import resolve_subnets
 from mmsparse.engine.sparse_checkpoint import load_sparse_detector, tool_config
+from mmsparse.evaluation.flops import fixed_proposals, model_flops
 from mmsparse.evaluation.selection import human
 from mmsparse.models import detector_predict_run
+from mmsparse.utils.safe_write import atomic_write_json, atomic_write_text, check_outputs
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('config')
     p.add_argument('checkpoint')
-    p.add_argument('--subnets', default='all',
-                   help="'all' (every subnet the checkpoint holds) or comma-separated names")
+    p.add_argument('--subnets', '--subnet', dest='subnets', default='all',
+                   help="'all' (every subnet the checkpoint holds) or comma-separated names; "
+                   '--subnet is the same option')
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--repeat', type=int, default=10, help='timed runs per subnet')
     p.add_argument('--warmup', type=int, default=3, help='untimed runs before timing')
@@ -75,11 +81,16 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     p.add_argument('--out-dir', help='where to write benchmark.json and benchmark.md '
                    '(default: work_dirs/<config name>/benchmark)')
+    p.add_argument('--force', action='store_true',
+                   help='overwrite benchmark.json / benchmark.md in --out-dir (never an input)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings')
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         p.error('--repeat must be >= 1 and --warmup >= 0')
+    if not [s for s in args.subnets.split(',') if s.strip()]:
+        p.error(f'--subnets {args.subnets!r} names no subnet; pass \'all\' or names the '
+                'checkpoint holds')
     return args
 
 
@@ -130,14 +141,6 @@ def summarize(times):
                 latency_iqr_ms=q3 - q1, latency_runs_ms=times)
 
 
-def exported_counts(model, positions):
-    """(params, MACs) of an ordinary model: its tensor sizes, with the recorded positions."""
-    modules = dict(model.named_modules())
-    flops = sum(modules[name].weight.numel() * count for name, count in positions.items()
-                if name in modules and isinstance(modules[name], MASKABLE_TYPES))
-    return sum(p.numel() for p in model.parameters()), flops
-
-
 def predictor(model, batch, device, fp16=False):
     """A no-argument callable running inference on the batch (preprocessed once, here);
     ``fp16``: under fp16 autocast, as mmengine's ``TestLoop(fp16=True)`` runs it."""
@@ -164,6 +167,9 @@ def benchmark(model, network, specs, batch, device='cpu', warmup=3, repeat=10,
     if network is not None:
         network.set_active(DENSE)
     positions = record_positions(model, detector_predict_run(batch))
+    data = model.data_preprocessor(batch, False)
+    inputs, samples = data['inputs'].to(device), data['data_samples']
+    proposals = fixed_proposals(model, inputs, samples)  # one set of RoIs for every subnet
     rows, runs = {}, {}
     bar = ProgressBar(len(specs)) if progress and len(specs) > 1 else None
     for spec in specs:
@@ -173,7 +179,8 @@ def benchmark(model, network, specs, batch, device='cpu', warmup=3, repeat=10,
         if network is not None:
             stats = subnet_stats(network, spec, positions)
             row.update(sparsity=stats.sparsity, params=stats.params, flops=stats.flops)
-        params, flops = exported_counts(exported, positions)
+        params = sum(p.numel() for p in exported.parameters())
+        flops = model_flops(exported, inputs, samples, proposals)
         row.update(params_exported=params, flops_exported=flops)
         if network is None:
             row.update(sparsity=0.0, params=params, flops=flops)
@@ -227,6 +234,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('benchmark_subnets: --device cuda, but torch sees no CUDA device')
+    out_dir = Path(args.out_dir or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0], 'benchmark'))
+    outputs = [out_dir / 'benchmark.json', out_dir / 'benchmark.md']
+    check_outputs(outputs, [args.config, args.checkpoint], args.force, '--out-dir')
     if args.threads:
         torch.set_num_threads(args.threads)
     register_all_modules()
@@ -244,12 +255,9 @@ def main(argv=None):
                   repeat=args.repeat, interleaved=args.interleave,
                   timed='model.predict on the preprocessed input',
                   subnets=rows)
-    out_dir = Path(args.out_dir or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0], 'benchmark'))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'benchmark.json').write_text(json.dumps(report, indent=2))
+    atomic_write_json(outputs[0], report)
     table = format_markdown(report)
-    (out_dir / 'benchmark.md').write_text(table)
+    atomic_write_text(outputs[1], table)
     print(table)
     print(f'written to {out_dir / "benchmark.json"} and {out_dir / "benchmark.md"}')
 

@@ -11,6 +11,9 @@ Example::
 
     python tools/analysis_tools/interpolate_stages.py CONFIG work_dirs/run \\
         --heldout 32 --subnets dense,unstructured@0.49,channel@0.27,nm@2:4 --out interp.pth
+
+``--out`` may not be an input (a stage checkpoint, the config) and may not exist unless
+``--force`` is given; this is checked before anything is evaluated.
 """
 import argparse
 import copy
@@ -19,26 +22,31 @@ import os.path as osp
 import re
 from pathlib import Path
 
-import torch
 from mmengine.config import Config
 
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (registers hooks and loops, allow-lists checkpoints)
 from mmsparse.core.methods.interpolation import DEFAULT_GRID, greedy_interpolation
-from mmsparse.engine.network import unwrap
+from mmsparse.core.subnets import SubnetNameError
 from mmsparse.engine.launch import build_runner
+from mmsparse.engine.network import unwrap
+from mmsparse.engine.sparse_checkpoint import load_checkpoint_file
+from mmsparse.utils.safe_write import atomic_save, check_outputs
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('config')
     p.add_argument('work_dir', help='folder with stage_<s>.pth checkpoints')
     p.add_argument('--heldout', type=int, default=32, help='held-out training images')
-    p.add_argument('--subnets', default='all', help="'all' or comma-separated names to score")
+    p.add_argument('--subnets', '--subnet', dest='subnets', default='all',
+                   help="'all' or comma-separated names to score; --subnet is the same option")
     p.add_argument('--grid', default=','.join(map(str, DEFAULT_GRID)),
                    help='comma-separated candidate p values')
-    p.add_argument('--out', required=True)
-    return p.parse_args()
+    p.add_argument('--out', required=True, help='the interpolated checkpoint (.pth)')
+    p.add_argument('--force', action='store_true',
+                   help='overwrite --out if it exists (never an input)')
+    return p.parse_args(argv)
 
 
 def heldout_split(cfg, count, out_dir):
@@ -55,13 +63,17 @@ def heldout_split(cfg, count, out_dir):
     return str(path)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
+    if not [s for s in args.subnets.split(',') if s.strip()]:
+        raise SubnetNameError(f'--subnets {args.subnets!r} names no subnet; pass \'all\' or '
+                              'comma-separated names the checkpoints hold')
     stages = sorted(Path(args.work_dir).glob('stage_*.pth'),
                     key=lambda p: int(re.findall(r'\d+', p.stem)[0]))
     if not stages:
         raise FileNotFoundError(f'no stage_<s>.pth in {args.work_dir}; train with '
                                 'SparseCocktailHook(save_stage_checkpoints=True)')
+    check_outputs([args.out], [args.config, *stages], args.force)
     cfg = Config.fromfile(args.config)
     cfg.work_dir = osp.join(args.work_dir, 'interpolation')
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
@@ -84,11 +96,11 @@ def main():
         return sum(v for k, v in metrics.items()
                    if k.endswith(('/coco/bbox_mAP', '/coco/segm_mAP')))
 
-    states = [torch.load(p, map_location='cpu', weights_only=True)['state_dict'] for p in stages]
+    states = [load_checkpoint_file(p, mmap=False)['state_dict'] for p in stages]
     grid = [float(g) for g in args.grid.split(',')]
     state, history = greedy_interpolation(states, score, grid, log=runner.logger.info)
-    torch.save(dict(meta=dict(interpolation=[list(h) for h in history],
-                              stages=[p.name for p in stages]), state_dict=state), args.out)
+    atomic_save(dict(meta=dict(interpolation=[list(h) for h in history],
+                               stages=[p.name for p in stages]), state_dict=state), args.out)
     print(f'interpolated {len(stages)} stages -> {args.out}: {history}')
 
 

@@ -9,12 +9,12 @@ Example::
 
     python tools/misc/store_bn_stats.py configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py \\
         work_dirs/cocktail/iter_600.pth --batches 20 --out work_dirs/cocktail/iter_600_bn.pth
+
+``--out`` may not be an input and may not exist unless ``--force`` is given.
 """
 import argparse
-import os.path as osp
 import time
 
-import torch
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
@@ -26,6 +26,7 @@ from mmsparse.core.subnets import SubnetNameError
 from mmsparse.datasets import check_dataset_paths
 from mmsparse.engine.runner.calibration import calibration_batches, forward_batches
 from mmsparse.engine.sparse_checkpoint import load_sparse_detector, tool_config
+from mmsparse.utils.safe_write import atomic_save, check_outputs
 
 
 def parse_args(argv=None):
@@ -35,17 +36,18 @@ def parse_args(argv=None):
     p.add_argument('--batches', type=int, default=20,
                    help='training batches per subnet (default 20)')
     p.add_argument('--out', required=True, help='output checkpoint (.pth)')
+    p.add_argument('--force', action='store_true',
+                   help='overwrite --out if it exists (never an input)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     args = p.parse_args(argv)
     if args.batches < 1:
         p.error('--batches must be >= 1')
-    if osp.abspath(args.out) == osp.abspath(args.checkpoint):
-        p.error('--out must differ from the input checkpoint')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_outputs([args.out], [args.config, args.checkpoint], args.force)
     register_all_modules()
     cfg = tool_config(args)
     check_dataset_paths(cfg, ('train_dataloader', ))
@@ -58,8 +60,8 @@ def main(argv=None):
     bar = ProgressBar(len(network.subnets()))
     specs = store_subnet_bn_stats(network, forward_batches(batches),
                                   progress=lambda _: bar.update())
-    torch.save(dict(meta=dict(meta, mmsparse_bn_stats_batches=len(batches)),
-                    state_dict=model.state_dict()), args.out)
+    atomic_save(dict(meta=dict(meta, mmsparse_bn_stats_batches=len(batches)),
+                     state_dict=model.state_dict()), args.out)
     print(f'\nstored the BatchNorm statistics of {len(specs)} subnets ({len(batches)} batches '
           f'each, {time.time() - start:.0f}s) -> {args.out}')
 

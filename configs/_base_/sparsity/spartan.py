@@ -11,6 +11,6 @@ custom_hooks = [
          cost='params', anneal_end=0.2, beta_start=1.0, beta_end=None, freeze_at=0.8),
     dict(type='mmsparse.RNGStateHook'),
 ]
-# Straight-through updates need dense gradients and dense momentum: mmengine's plain
-# OptimWrapper (or mmsparse's SparseOptimWrapper with mask_momentum=False).
+# Straight-through updates need dense gradients: mmengine's plain OptimWrapper (or
+# mmsparse's SparseOptimWrapper, which never masks gradients or momentum).
 spartan_val_cfg = dict(type='mmsparse.SubnetValLoop', subnets=f'unstructured@{spartan_sparsity}')

@@ -20,9 +20,8 @@ so only the end of training (or a tool run on the final checkpoint) should store
 """
 import contextlib
 
-import torch
-
-from .recalibration import batchnorms, recalibrated_bn, restore_bn_stats, save_bn_stats
+from .recalibration import (add_rows, batchnorms, copy_all, recalibrated_bn, restore_bn_stats,
+                            row_views, save_bn_stats)
 
 STORED = ('running_mean', 'running_var')
 PREFIX = 'subnet_'
@@ -43,12 +42,12 @@ def stored_bn_count(model):
 
 
 def register_stored_bn_stats(model, count):
-    """Give every BatchNorm with running statistics zero ``(count, C)`` stored-stat buffers
-    (before loading a checkpoint that holds them, so they load instead of being dropped)."""
+    """Give every BatchNorm with running statistics ``(count, C)`` stored-stat buffers, each
+    row a copy of the live statistics until a checkpoint or :func:`store_subnet_bn_stats`
+    fills it (register before loading a checkpoint that holds them, so they load instead of
+    being dropped)."""
     for bn in _with_stats(model).values():
-        for name in STORED:
-            live = getattr(bn, name)
-            bn.register_buffer(PREFIX + name, live.new_zeros((count, *live.shape)))
+        add_rows(bn, PREFIX, STORED, count)
 
 
 def drop_stored_bn_stats(model):
@@ -88,15 +87,13 @@ def store_subnet_bn_stats(network, forward_batches, progress=None):
     model, specs, active = network.model, network.subnets(), network.active
     if stored_bn_count(model) != len(specs):
         register_stored_bn_stats(model, len(specs))
-    norms = _with_stats(model)
+    norms = _with_stats(model).values()
     try:
         for row, spec in enumerate(specs):
             network.set_active(spec)
             with recalibrated_bn(model, forward_batches):
-                with torch.no_grad():
-                    for bn in norms.values():
-                        for name in STORED:
-                            getattr(bn, PREFIX + name)[row].copy_(getattr(bn, name))
+                live, (rows, ) = row_views(norms, PREFIX, STORED, row)
+                copy_all(rows, live)
             if progress is not None:
                 progress(spec)
     finally:
@@ -118,10 +115,8 @@ def stored_bn_stats(network, spec):
     row = network.subnets().index(network.resolve(spec))
     saved = save_bn_stats(model)
     try:
-        with torch.no_grad():
-            for bn in _with_stats(model).values():
-                for name in STORED:
-                    getattr(bn, name).copy_(getattr(bn, PREFIX + name)[row])
+        live, (rows, ) = row_views(_with_stats(model).values(), PREFIX, STORED, row)
+        copy_all(live, rows)
         yield
     finally:
         restore_bn_stats(model, saved)

@@ -10,6 +10,10 @@ buffers holding every subnet's copy, so checkpoints carry them:
 * ``<bn>.switchable_num_batches_tracked``: (K,);
 * ``<bn>.switchable_index``: which slot the live values belong to.
 
+Slot k holds the k-th of the switchable subnets in ``SparseNetwork.subnets()`` order, the
+row order of the stored per-subnet statistics (:mod:`.stored_stats`); both make and copy
+their rows with the helpers of :mod:`.recalibration`.
+
 Switching to slot k copies the live values into the current slot and slot k into the live
 parameters and buffers, in place (``.data.copy_``), so DDP and the optimizer keep seeing the
 same tensors. :meth:`SwitchableBatchNorm.sync` copies the live values into their slot, so the
@@ -25,18 +29,16 @@ pre-hook fills every slot with the checkpoint's live values.
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..subnets import parse_subnet, parse_subnets
+from .recalibration import add_rows, batchnorms, copy_all, live_tensor, row_views
+
 SLOT_PREFIX = 'switchable_'
-_PARAMS = ('weight', 'bias')
-_STATS = ('running_mean', 'running_var', 'num_batches_tracked')
-
-
-def _live(bn, name):
-    """The live parameter or buffer ``name`` of ``bn`` (None when the BN has none)."""
-    return bn._parameters.get(name) if name in _PARAMS else bn._buffers.get(name)
+_SLOTTED = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 
 def _slotted(bn):
-    return [n for n in _PARAMS + _STATS if _live(bn, n) is not None]
+    """The names of the parameters and buffers ``bn`` has, of those that get slots."""
+    return [n for n in _SLOTTED if live_tensor(bn, n) is not None]
 
 
 def add_slots(bn, num_slots):
@@ -50,12 +52,8 @@ def add_slots(bn, num_slots):
     if not _slotted(bn):
         raise ValueError(f'{type(bn).__name__} has neither affine parameters nor running '
                          'statistics: nothing to switch')
-    with torch.no_grad():
-        for name in _slotted(bn):
-            live = _live(bn, name).detach()
-            bn.register_buffer(SLOT_PREFIX + name,
-                               live.unsqueeze(0).repeat(num_slots, *([1] * live.dim())))
-    device = _live(bn, _slotted(bn)[0]).device
+    add_rows(bn, SLOT_PREFIX, _SLOTTED, num_slots)
+    device = live_tensor(bn, _slotted(bn)[0]).device
     bn.register_buffer(SLOT_PREFIX + 'index', torch.zeros((), dtype=torch.int64, device=device))
     bn.register_load_state_dict_pre_hook(_fill_missing_slots)
     return bn
@@ -88,54 +86,32 @@ def _fill_missing_slots(module, state_dict, prefix, local_metadata, strict, miss
                              f'switchable BatchNorm slots, the model {count}')
 
 
-@torch.no_grad()
-def sync_slot(bn):
-    """Copy the live values into the slot they belong to."""
-    index = int(getattr(bn, SLOT_PREFIX + 'index'))
-    for name in _slotted(bn):
-        getattr(bn, SLOT_PREFIX + name)[index].copy_(_live(bn, name))
-
-
-@torch.no_grad()
-def switch_slot(bn, index):
-    """Make slot ``index`` live (in place). Returns the previous slot."""
-    previous = int(getattr(bn, SLOT_PREFIX + 'index'))
-    if not 0 <= index < num_slots(bn):
-        raise IndexError(f'switchable BatchNorm slot {index} out of range '
-                         f'(0..{num_slots(bn) - 1})')
-    if index == previous:
-        return previous
-    for name in _slotted(bn):
-        live, slots = _live(bn, name), getattr(bn, SLOT_PREFIX + name)
-        slots[previous].copy_(live)
-        live.data.copy_(slots[index])
-    getattr(bn, SLOT_PREFIX + 'index').fill_(index)
-    return previous
-
-
 class SwitchableBatchNorm:
-    """Switchable BatchNorm over a model's BatchNorm layers, one slot per subnet name.
+    """Switchable BatchNorm over a model's BatchNorm layers, one slot per subnet.
 
     Args:
         model: The network (its BatchNorm layers get slot buffers, in place).
-        names: The subnet names, one slot each, in slot order. A subnet not listed (e.g.
-            ``dense`` when only sparse subnets are trained) uses slot 0.
+        names: The subnets that get a slot. Slots follow ``SparseNetwork.subnets()`` order
+            (by pattern, then sparsity; the order of stored per-subnet statistics), whatever
+            the order given. A subnet not listed (e.g. ``dense`` when only sparse subnets are
+            trained) uses slot 0.
         exclude: BatchNorm module names to leave shared.
+
+    Raises:
+        SubnetNameError: a name that is not a subnet name, or one listed twice.
     """
 
     def __init__(self, model, names, exclude=()):
-        self.names = [str(n) for n in names]
-        if len(set(self.names)) != len(self.names):
-            raise ValueError(f'switchable BatchNorm: duplicate subnet names {self.names}')
-        self.norms = {n: m for n, m in model.named_modules()
-                      if isinstance(m, _BatchNorm) and n not in set(exclude) and _slotted(m)}
+        self.names = [s.name for s in sorted(parse_subnets(names), key=lambda s: s.sort_key)]
+        self.norms = {n: m for n, m in batchnorms(model).items()
+                      if n not in set(exclude) and _slotted(m)}
         if not self.norms:
             raise ValueError('switchable BatchNorm: the model has no BatchNorm layer')
         for bn in self.norms.values():
             add_slots(bn, len(self.names))
 
     def slot_of(self, name):
-        name = str(name)
+        name = parse_subnet(name).name
         return self.names.index(name) if name in self.names else 0
 
     @property
@@ -144,28 +120,22 @@ class SwitchableBatchNorm:
 
     def _tensors(self, *slots):
         """The live tensors of every BN, and their views in each of ``slots``."""
-        live, views = [], [[] for _ in slots]
-        for bn in self.norms.values():
-            for name in _slotted(bn):
-                live.append(_live(bn, name))
-                stored = getattr(bn, SLOT_PREFIX + name)
-                for out, slot in zip(views, slots):
-                    out.append(stored[slot])
-        return live, views
+        return row_views(self.norms.values(), SLOT_PREFIX, _SLOTTED, *slots)
 
     @torch.no_grad()
     def activate(self, name):
         """Make subnet ``name``'s BatchNorm live; returns (previous slot, new slot).
 
-        Same result as :func:`switch_slot` on every layer, with one batched copy per
-        direction (a few kernel launches instead of hundreds per switch on a GPU).
+        The live values go to the previous slot and the new slot's become live, in place,
+        with one batched copy per direction (a few kernel launches instead of hundreds per
+        switch on a GPU).
         """
         index = self.slot_of(name)
         previous = self.live_slot
         if index != previous:
             live, (outgoing, incoming) = self._tensors(previous, index)
-            torch._foreach_copy_(outgoing, live)
-            torch._foreach_copy_(live, incoming)
+            copy_all(outgoing, live)
+            copy_all(live, incoming)
             for bn in self.norms.values():
                 getattr(bn, SLOT_PREFIX + 'index').fill_(index)
         return previous, index
@@ -188,8 +158,8 @@ class SwitchableBatchNorm:
             if getattr(bn, '_switchable_loaded', False):
                 continue
             for name in _slotted(bn):
-                getattr(bn, SLOT_PREFIX + name).copy_(_live(bn, name).unsqueeze(0).expand_as(
-                    getattr(bn, SLOT_PREFIX + name)))
+                slots = getattr(bn, SLOT_PREFIX + name)
+                slots.copy_(live_tensor(bn, name).unsqueeze(0).expand_as(slots))
             filled += 1
         return filled
 
@@ -197,7 +167,7 @@ class SwitchableBatchNorm:
     def sync(self):
         """Copy the live values into their slot (cheap enough to do every iteration)."""
         live, (current, ) = self._tensors(self.live_slot)
-        torch._foreach_copy_(current, live)
+        copy_all(current, live)
 
     def parameters(self):
         """The live BN parameters, in a fixed order (for :class:`OptimizerStateSlots`)."""

@@ -21,8 +21,8 @@ import copy
 import torch
 from torch import nn
 
-from ..attach import ChannelOutputMask
-from ..layers import MaskedLayerMixin, original_class, unmask_layer, weight_axes
+from ..attach import ChannelOutputMask, channel_companions, channel_keep
+from ..layers import MaskedLayerMixin, unmask_layer, weight_axes
 from ..batchnorm.stored_stats import drop_stored_bn_stats
 from ..subnets import DENSE, SubnetSpec
 
@@ -82,25 +82,15 @@ def _fold(network, specs, zero_followers=True):
     for spec in specs:
         if spec.pattern != 'channel':
             continue
-        for name in network.channel_layers:
-            layer = modules[name]
-            keep = layer.channel_keep(spec)
-            if keep is None:
-                continue
-            drop = ~keep.bool()
-            bias = layer._parameters.get('bias')
-            if bias is not None:
-                bias[drop] = 0
-            for follower in network.graph.channels[name].followers:
-                norm = modules[follower]
-                if norm.weight is None or norm.bias is None:
-                    if zero_followers:
-                        raise SlimmingError(
-                            f'{follower} follows channel-masked {name} but has no affine '
-                            'parameters to zero; slim the channels out (slim_subnet) instead')
-                    continue
-                norm.weight[drop] = 0
-                norm.bias[drop] = 0
+        for name, keep in channel_keep(network, spec).items():
+            try:
+                owned = channel_companions(modules, network.graph, name, affine=zero_followers)
+            except ValueError as err:
+                raise SlimmingError(f'{err}; slim the channels out (slim_subnet) instead') from err
+            for _, _, tensor in owned:
+                # the statistics may stay: with a zero affine the channel outputs 0 anyway
+                if isinstance(tensor, nn.Parameter):
+                    tensor[~keep] = 0
     _remove_mask_hooks(model)
     for name in network.layers:
         unmask_layer(modules[name])
@@ -128,30 +118,16 @@ def fold_masks(network, subnets):
     return _fold(network, _as_specs(network, subnets))
 
 
-def channel_keep(network, subnet):
-    """``{producer layer name: bool (Cout,) kept channels}`` of channel subnet ``subnet``."""
-    spec = network.resolve(subnet)
-    if spec.pattern != 'channel':
-        raise SlimmingError(f'{spec.name} is not a channel subnet')
-    keep = {}
-    for name in network.channel_layers:
-        mask = network.layers[name].channel_keep(spec)
-        if mask is not None:
-            keep[name] = mask.detach().clone().bool()
-    return keep
-
-
 def _set_param(module, name, value):
     old = module._parameters[name]
     module._parameters[name] = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
 
 
 def _slice_out(module, index, name):
-    """Keep output channels ``index`` of a Conv/Linear/ConvTranspose layer."""
+    """Keep output channels ``index`` of a Conv/Linear/ConvTranspose layer's weight (its
+    bias goes with the channel's other companions, :func:`_slice_companions`)."""
     out_axis, _ = weight_axes(module)
     _set_param(module, 'weight', module._parameters['weight'].index_select(out_axis, index))
-    if module._parameters.get('bias') is not None:
-        _set_param(module, 'bias', module._parameters['bias'].index_select(0, index))
     if isinstance(module, nn.Linear):
         module.out_features = len(index)
     elif hasattr(module, 'out_channels'):
@@ -179,14 +155,19 @@ def _slice_in(module, index, name, expansion=1):
         raise SlimmingError(f'cannot slice input channels of {name} ({type(module).__name__})')
 
 
-def _slice_norm(norm, index):
-    for name in ('weight', 'bias'):
-        if norm._parameters.get(name) is not None:
-            _set_param(norm, name, norm._parameters[name].index_select(0, index))
-    for name in ('running_mean', 'running_var'):
-        if norm._buffers.get(name) is not None:
-            norm._buffers[name] = norm._buffers[name].index_select(0, index).contiguous()
-    norm.num_features = len(index)
+def _slice_companions(modules, graph, name, index, sliced):
+    """Keep entries ``index`` of what layer ``name``'s channels take with them (its bias, its
+    followers' affine parameters and statistics); a follower in ``sliced`` is done already."""
+    for module, tensor_name, tensor in channel_companions(modules, graph, name):
+        if module in sliced:
+            continue
+        if isinstance(tensor, nn.Parameter):
+            _set_param(module, tensor_name, tensor.index_select(0, index))
+        else:
+            module._buffers[tensor_name] = tensor.index_select(0, index).contiguous()
+        if hasattr(module, 'num_features'):
+            module.num_features = len(index)
+    sliced.update(modules[f] for f in graph.channels[name].followers)
 
 
 def _check_keep(modules, graph, keep):
@@ -239,16 +220,14 @@ def slim_channels(model, graph, keep):
     """
     modules = dict(model.named_modules())
     _check_keep(modules, graph, keep)
-    sliced = set()  # shared consumers and norms are sliced once (all their feeders agree)
+    # shared consumers and norms are sliced once (all their feeders agree)
+    sliced, sliced_norms = set(), set()
     for name, kept in keep.items():
         module = modules[name]
         info = graph.channels[name]
         index = kept.to(module.weight.device).nonzero().flatten()
         _slice_out(module, index, name)
-        for follower in info.followers:
-            if follower not in sliced:
-                _slice_norm(modules[follower], index)
-                sliced.add(follower)
+        _slice_companions(modules, graph, name, index, sliced_norms)
         for consumer in info.consumers:
             if consumer not in sliced:
                 _slice_in(modules[consumer], index, consumer, info.expansion.get(consumer, 1))

@@ -32,10 +32,57 @@ from ..patterns import check_ratio, global_levels, nested_levels, nm_mask, topk_
 from .schedules import polynomial_progress
 
 
+AST_PATTERNS = ('unstructured', 'nm', 'dense')
+SCOPES = ('global', 'layer')
+
+
 def check_ast_subnets(count):
     """Raise unless AST has at least one subnet to alternate."""
     if int(count) < 1:
         raise ValueError(f'AST needs at least one subnet, got {count}')
+
+
+def check_ast_specs(specs, who='AST'):
+    """Return ``specs`` (parsed subnets) if AST can alternate them: unstructured or N:M,
+    at least one of them sparse; raise naming the others."""
+    bad = [s.name for s in specs if s.pattern not in AST_PATTERNS]
+    if bad:
+        raise ValueError(f'{who}: AST alternates unstructured or N:M subnets; cannot train '
+                         f'{bad}')
+    if not [s for s in specs if s.pattern != 'dense']:
+        raise ValueError(f'{who} needs at least one sparse subnet, got '
+                         f'{[s.name for s in specs]}')
+    return list(specs)
+
+
+def ast_order(specs, who='AST'):
+    """The default training order: the sparse subnets of ``specs``, sorted."""
+    return check_ast_specs(sorted((s for s in specs if s.pattern != 'dense'),
+                                  key=lambda s: s.sort_key), who)
+
+
+def check_ast_options(update_interval=100, prune_start=0.0, prune_end=0.5, prune_power=3,
+                      regrow_end=0.8, regrow_initial=0.5, regrow_final=0.005,
+                      scope='global', num_subnets=None, who='AST'):
+    """Raise a ValueError naming the first impossible AST option (see :class:`ASTMasker`);
+    ``num_subnets`` (when known) bounds ``update_interval`` from below."""
+    if (isinstance(update_interval, bool) or not isinstance(update_interval, (int, float))
+            or update_interval != int(update_interval) or update_interval < 1):
+        raise ValueError(f'{who}: update_interval must be a positive integer, got '
+                         f'{update_interval!r}')
+    if num_subnets is not None and update_interval < num_subnets:
+        raise ValueError(f'{who}: update_interval ({update_interval}) must be >= the number '
+                         f'of subnets ({num_subnets})')
+    if not 0.0 <= prune_start <= prune_end <= regrow_end <= 1.0:
+        raise ValueError('need 0 <= prune_start <= prune_end <= regrow_end <= 1, got '
+                         f'{prune_start}, {prune_end}, {regrow_end}')
+    if not prune_power > 0:
+        raise ValueError(f'{who}: prune_power must be > 0, got {prune_power!r}')
+    for name, value in (('regrow_initial', regrow_initial), ('regrow_final', regrow_final)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f'{who}: {name} must be a fraction in [0, 1], got {value!r}')
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
 
 
 def ast_subnet_index(iteration, num_subnets):
@@ -149,11 +196,6 @@ def regrow_level(level, index, magnitude, gradient, fraction):
     return level - dropped.to(level.dtype) + grown.to(level.dtype)
 
 
-def nm_magnitude(magnitude, n, m, in_axis=1, where='tensor'):
-    """The N:M mask of the largest magnitudes (AST's N:M 'pruning' step)."""
-    return nm_mask(magnitude, n, m, in_axis, where)
-
-
 def regrow_nm(mask, magnitude, gradient, fraction, m, in_axis=1):
     """Prune-and-regrow an N:M mask while keeping it N:M.
 
@@ -178,3 +220,140 @@ def regrow_nm(mask, magnitude, gradient, fraction, m, in_axis=1):
     new[rows, strongest_pruned[rows]] = True
     return new.view(moved.shape).movedim(-1, in_axis)
 
+
+
+class ASTMasker:
+    """AST's masks of a SparseNetwork's masked layers, driven by the iteration counter.
+
+    Iteration t trains ``order[t mod K]``. Masks follow a cubic gradual-pruning schedule
+    (every subnet's masks re-derived from |W| every ``update_interval`` iterations until
+    ``prune_end``), then prune-and-regrow until ``regrow_end``: each subnet, at its first
+    own iteration of every interval, drops its smallest |w| and regrows the pruned weights
+    with the largest gradient of its effective weight, a fraction cosine-decaying from
+    ``regrow_initial`` to ``regrow_final``. Masks are frozen after ``regrow_end``.
+
+    Args:
+        layers: ``{name: masked layer}``.
+        order: Subnet specs in training order (unstructured or N:M, maybe ``dense``).
+        max_iters: Training length.
+        update_interval: Iterations between mask updates (>= K).
+        prune_start, prune_end, prune_power: the gradual-pruning schedule (fractions of
+            training); densities fall from 1 to each subnet's target.
+        regrow_end: prune-and-regrow runs from ``prune_end`` to here.
+        regrow_initial, regrow_final: the cosine-decaying regrow fraction.
+        scope: ``'global'`` (one magnitude threshold over all layers while pruning) or
+            ``'layer'``. Prune-and-regrow keeps each layer's count.
+    """
+
+    def __init__(self, layers, order, max_iters, update_interval=100, prune_start=0.0,
+                 prune_end=0.5, prune_power=3, regrow_end=0.8, regrow_initial=0.5,
+                 regrow_final=0.005, scope='global'):
+        self.order = check_ast_specs(order)
+        self.num = len(self.order)
+        check_ast_options(update_interval, prune_start, prune_end, prune_power, regrow_end,
+                          regrow_initial, regrow_final, scope, self.num)
+        self.layers = dict(layers)
+        self.max_iters = int(max_iters)
+        self.update_interval = int(update_interval)
+        self.prune = dict(start=prune_start, end=prune_end, power=prune_power)
+        self.regrow_args = dict(end=regrow_end, initial=regrow_initial, final=regrow_final)
+        self.scope = scope
+        self.prune_end_iter = math.ceil(prune_end * self.max_iters - 1e-9)
+        self.taps = None  # {layer name: (mask tap, weight)} while a regrowth is captured
+
+    # -- what is due -----------------------------------------------------------------------
+    def subnet_at(self, iteration):
+        """The subnet ``iteration`` trains."""
+        return self.order[ast_subnet_index(iteration, self.num)]
+
+    def prune_due(self, iteration):
+        """True when gradual pruning re-derives every mask before ``iteration``."""
+        return iteration <= self.prune_end_iter and (
+            iteration % self.update_interval == 0 or iteration == self.prune_end_iter)
+
+    def regrow_due(self, iteration):
+        """True when the subnet of ``iteration`` prunes and regrows after it."""
+        if not self.prune_end_iter < iteration <= self.regrow_args['end'] * self.max_iters:
+            return False
+        index = ast_subnet_index(iteration, self.num)
+        return (self.order[index].pattern != 'dense'
+                and update_due(iteration, index, self.num, self.update_interval))
+
+    def fraction_at(self, iteration):
+        """The prune-and-regrow fraction at ``iteration``."""
+        return regrow_fraction(iteration, self.max_iters, self.prune['end'],
+                               self.regrow_args['end'], self.regrow_args['initial'],
+                               self.regrow_args['final'])
+
+    # -- masks -----------------------------------------------------------------------------
+    def _specs(self, pattern):
+        return sorted((s for s in self.order if s.pattern == pattern), key=lambda s: s.sort_key)
+
+    @torch.no_grad()
+    def prune_masks(self, iteration):
+        """Gradual pruning: every subnet's mask from |W| at its scheduled density."""
+        unstructured, nm = self._specs('unstructured'), self._specs('nm')
+        scores = {n: layer.dense_weight.detach().abs().float()
+                  for n, layer in self.layers.items()}
+        levels = None
+        if unstructured:
+            sparsities = [gradual_sparsity(iteration, self.max_iters, s.ratio, **self.prune)
+                          for s in unstructured]
+            levels = scheduled_levels(scores, sparsities, self.scope)
+        for name, layer in self.layers.items():
+            layer.set_masks(
+                unstructured=([s.ratio for s in unstructured], levels[name]) if levels else None,
+                nm=[((s.n, s.m), nm_mask(scores[name], s.n, s.m, layer.in_axis, name))
+                    for s in nm] if nm else None)
+
+    def capture(self):
+        """Make the active subnet's cached masks leaves that require grad: the backward then
+        gives dL/dM = dL/dW_eff * W (W_eff = W * M), from which the dense gradient of the
+        effective weight, which pruned weights need for regrowth, is recovered."""
+        self.taps = {}
+        for name, layer in self.layers.items():
+            tap = layer.tap_active_mask()
+            if tap is not None:
+                self.taps[name] = (tap, layer.dense_weight.detach().clone())
+
+    @torch.no_grad()
+    def regrow(self, spec, fraction, reduce=None):
+        """Prune-and-regrow ``spec`` from the captured gradient.
+
+        Args:
+            spec: The subnet trained in the captured iteration.
+            fraction: Fraction of its kept weights to replace.
+            reduce: Called on every layer's dense gradient in place before it is used
+                (e.g. a mean over the ranks), or None.
+
+        Returns:
+            tuple: (weights swapped, weights kept).
+        """
+        taps, self.taps = self.taps, None
+        swapped = kept = 0
+        for name, (tap, weight) in taps.items():
+            layer = self.layers[name]
+            layer.release_tap()
+            grad = tap.grad if tap.grad is not None else torch.zeros_like(tap)
+            grad = torch.where(weight != 0, grad / weight, torch.zeros_like(grad))
+            if reduce is not None:
+                reduce(grad)
+            if not bool(grad.any()):  # the layer had no gradient: nothing to rank by
+                continue
+            magnitude = layer.dense_weight.detach().abs()
+            old = layer.mask_for(spec)
+            if spec.pattern == 'unstructured':
+                ratios = [round(r, 6) for r in layer.mask_unstructured_ratios.tolist()]
+                index = sorted(ratios).index(round(spec.ratio, 6))
+                level = regrow_level(layer.mask_unstructured_level, index, magnitude, grad,
+                                     fraction)
+                layer.set_masks(unstructured=(layer.mask_unstructured_ratios.tolist(), level))
+            else:
+                nm = [((n, m), layer.mask_for(f'nm@{n}:{m}'))
+                      for n, m in layer.mask_nm_nm.tolist()]
+                nm = [(pair, regrow_nm(mask, magnitude, grad, fraction, spec.m, layer.in_axis)
+                       if pair == (spec.n, spec.m) else mask) for pair, mask in nm]
+                layer.set_masks(nm=nm)
+            swapped += int((layer.mask_for(spec) & ~old).sum())
+            kept += int(old.sum())
+        return swapped, kept

@@ -32,13 +32,40 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import nn
 
+from ..attach import channel_companions, channel_keep
 from .allocation import erk_densities
 from .dst import prune_and_grow
 from ..patterns import SparsitySpecError, channel_scores_umm, check_ratio, topk_mask
 from .schedules import polynomial_progress
 from ..subnets import SubnetSpec
+
+
+def check_chase_options(sparsity, channel_sparsity, update_interval=100, update_end=0.8,
+                        extra_density=0.1, drop_fraction=0.3, beta=0.5, erk_power=1.0,
+                        prune_scope='global'):
+    """Raise a ValueError naming the first impossible :class:`ChaseSchedule` option (those
+    that do not depend on the training length)."""
+    check_ratio(sparsity, 'Chase sparsity')
+    check_ratio(channel_sparsity, 'Chase channel_sparsity')
+    if (isinstance(update_interval, bool) or not isinstance(update_interval, (int, float))
+            or update_interval != int(update_interval) or update_interval < 1):
+        raise ValueError(f'update_interval must be an integer >= 1, got {update_interval!r}')
+    if not 0.0 < update_end <= 1.0:
+        raise ValueError(f'update_end must be in (0, 1] (a fraction of training), got '
+                         f'{update_end}')
+    if not 0.0 <= extra_density <= sparsity:
+        raise ValueError(f'extra_density must be in [0, sparsity={sparsity}], got '
+                         f'{extra_density}')
+    if not 0.0 <= drop_fraction < 1.0:
+        raise ValueError(f'drop_fraction must be in [0, 1), got {drop_fraction}')
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f'beta must be in [0, 1], got {beta}')
+    if not erk_power >= 0:
+        raise ValueError(f'erk_power must be >= 0, got {erk_power}')
+    if prune_scope not in ('global', 'layer'):
+        raise ValueError(f"prune_scope must be 'global' or 'layer', got {prune_scope!r}")
 
 
 @dataclass(frozen=True)
@@ -71,24 +98,13 @@ class ChaseSchedule:
     prune_scope: str = 'global'
 
     def __post_init__(self):
-        check_ratio(self.sparsity, 'Chase sparsity')
-        check_ratio(self.channel_sparsity, 'Chase channel_sparsity')
-        if self.update_interval < 1:
-            raise ValueError(f'update_interval must be >= 1, got {self.update_interval}')
+        check_chase_options(self.sparsity, self.channel_sparsity, self.update_interval,
+                            self.update_end, self.extra_density, self.drop_fraction, self.beta,
+                            self.erk_power, self.prune_scope)
         if self.last_update < self.update_interval:
             raise ValueError(
                 f'no mask update fits: update_interval={self.update_interval} > update_end '
                 f'({self.update_end}) x max_iters ({self.max_iters})')
-        if not 0.0 <= self.extra_density <= self.sparsity:
-            raise ValueError(f'extra_density must be in [0, sparsity={self.sparsity}], got '
-                             f'{self.extra_density}')
-        if not 0.0 <= self.drop_fraction < 1.0:
-            raise ValueError(f'drop_fraction must be in [0, 1), got {self.drop_fraction}')
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f'beta must be in [0, 1], got {self.beta}')
-        if self.prune_scope not in ('global', 'layer'):
-            raise ValueError(f"prune_scope must be 'global' or 'layer', got "
-                             f'{self.prune_scope!r}')
 
     @property
     def last_update(self):
@@ -191,18 +207,6 @@ def check_uncoupled(network, who):
             'SparseSubnetsHook(channel_groups=False)')
 
 
-def channel_keeps(network, spec):
-    """``{removable layer: bool (C,)}`` kept channels of ``spec`` (all True when not held)."""
-    out = {}
-    for name in network.channel_layers:
-        layer = network.layers[name]
-        keep = layer.channel_keep(spec)
-        out[name] = (torch.ones(layer.out_channels_count, dtype=torch.bool,
-                                device=layer.dense_weight.device)
-                     if keep is None else keep.clone())
-    return out
-
-
 def umm_scores(network, masks):
     """Chase's UMM per output channel of every removable layer: ``sum |w * m|`` over the
     channel divided by the channel's number of weights (pruned weights count as zero)."""
@@ -283,7 +287,7 @@ def chase_update(network, schedule, completed, grads):
         raise ValueError(f'chase_update needs dense gradients of every masked layer; '
                          f'missing {missing[:3]} ({len(missing)} in all)')
     masks = weight_masks(network, schedule.unstructured)
-    keeps = channel_keeps(network, schedule.channel)
+    keeps = channel_keep(network, schedule.channel, all_layers=True)
     if schedule.channel_sparsity > 0 and keeps:
         scores = umm_scores(network, masks)
         target = int(round(schedule.channel_sparsity_at(completed)
@@ -316,7 +320,7 @@ def apply_chase_masks(network, schedule, optimizer=None, modules=None):
         modules: ``dict(network.model.named_modules())`` (pass it to save the lookup).
     """
     modules = modules if modules is not None else dict(network.model.named_modules())
-    keeps = channel_keeps(network, schedule.channel)
+    keeps = channel_keep(network, schedule.channel, all_layers=True)
     state = optimizer.state if optimizer is not None else {}
 
     def mask_(param, mask):
@@ -334,15 +338,14 @@ def apply_chase_masks(network, schedule, optimizer=None, modules=None):
         if keep is None or bool(keep.all()):
             continue
         keep = keep.to(weight.dtype)
-        if layer._parameters.get('bias') is not None:
-            mask_(layer._parameters['bias'], keep)
-        for follower in network.graph.channels[name].followers:
-            norm = modules[follower]
-            if not isinstance(norm, _BatchNorm) or not norm.affine:
-                raise ValueError(f'Chase: follower {follower!r} of {name!r} is not an affine '
-                                 'BatchNorm; its removed channels cannot be zeroed')
-            mask_(norm.weight, keep)
-            mask_(norm.bias, keep)
+        try:
+            owned = channel_companions(modules, network.graph, name, affine=True)
+        except ValueError as err:
+            raise ValueError(f'Chase: {err}') from err
+        for _, _, tensor in owned:
+            # the statistics may stay: with a zero affine the channel outputs 0 anyway
+            if isinstance(tensor, nn.Parameter):
+                mask_(tensor, keep)
 
 
 class DenseGradientRecorder:

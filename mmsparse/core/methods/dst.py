@@ -11,10 +11,6 @@ import torch
 from ..patterns import topk_mask
 
 
-def _flat(tensors):
-    return torch.cat([t.reshape(-1) for t in tensors.values()])
-
-
 def _split(flat, like):
     out, start = {}, 0
     for name, t in like.items():

@@ -26,7 +26,7 @@ import torch
 
 from .chase import channel_floor, select_channels, umm_scores, weight_masks
 from ..patterns import SparsitySpecError, global_levels, keep_count, level_mask
-from .spartan import dual_averaging_weight
+from .spartan import spartan_forward
 from ..subnets import SubnetSpec
 from ..umg import rank_match
 
@@ -76,8 +76,9 @@ def _ratios(network, pattern):
 
 # -- channel by Chase -----------------------------------------------------------------------
 @torch.no_grad()
-def chase_channel_keeps(network, channel_ratios, beta=0.5):
-    """Nested kept channels of every removable layer at ``channel_ratios``, Chase's way.
+def chase_channel_selection(network, channel_ratios, beta=0.5):
+    """Choose, Chase's way, the nested kept channels of every removable layer at
+    ``channel_ratios`` (a selection from the weights, not a read of stored masks).
 
     For each ratio r (ascending), the UMM scores are computed with the network's stored
     unstructured mask of matching rank (all weights when it holds no unstructured subnet),
@@ -132,36 +133,16 @@ def chase_channel_keeps(network, channel_ratios, beta=0.5):
 @torch.no_grad()
 def chase_channel_masks(network, beta=0.5):
     """Replace the network's channel masks (all its channel ratios) by Chase's choice
-    (:func:`chase_channel_keeps`); other patterns' masks are left as they are."""
+    (:func:`chase_channel_selection`); other patterns' masks are left as they are."""
     ratios = _ratios(network, 'channel')
     if not ratios:
         return
-    keeps = chase_channel_keeps(network, ratios, beta)
+    keeps = chase_channel_selection(network, ratios, beta)
     for name, keep in keeps.items():
         network.layers[name].set_masks(channel=(ratios, keep))
 
 
 # -- unstructured by Spartan ----------------------------------------------------------------
-class SubnetWeight:
-    """A layer's ``weight_transform``: a precomputed forward weight while ``spec`` is active.
-
-    Under any other active subnet (e.g. the distiller's dense teacher pass inside the same
-    iteration) the layer's ordinary masked weight is returned, so only the Spartan subnet's
-    forward sees the dual-averaging weight.
-    """
-
-    def __init__(self, layer, spec, weight):
-        self.layer, self.spec, self.weight = layer, spec, weight
-
-    def __call__(self, dense_weight):
-        if dense_weight is not self.layer.dense_weight:
-            raise RuntimeError('Spartan forward weight used with another parameter')
-        if self.layer.active_subnet != self.spec:
-            mask = self.layer.active_mask(dense_weight)
-            return dense_weight if mask is None else dense_weight * mask
-        return self.weight
-
-
 @torch.no_grad()
 def store_magnitude_levels(network):
     """Rebuild the nested unstructured levels of every held ratio from the current weights
@@ -185,8 +166,8 @@ def spartan_unstructured_step(network, masker, spec, beta, through_mask=True):
     Rebuilds and stores the nested unstructured levels from the current weights, computes
     the soft top-k masks at ``spec``'s budget (from scratch: no solver warm start, so the
     result depends on the weights alone and a resumed run reproduces it), and sets every
-    masked layer's ``weight_transform`` to ``Π_k(m ⊙ w)`` whose hard mask ``Π_k`` is
-    exactly the stored mask of ``spec``.
+    masked layer's forward to ``Π_k(m ⊙ w)`` (:func:`~.spartan.spartan_forward`) whose hard
+    mask ``Π_k`` is exactly the stored mask of ``spec``, while ``spec`` is active.
 
     Args:
         network: The :class:`~.attach.SparseNetwork`.
@@ -201,18 +182,5 @@ def spartan_unstructured_step(network, masker, spec, beta, through_mask=True):
         raise SparsitySpecError(f'{spec.name} is not an unstructured subnet of this model '
                                 f'(ratios {ratios})')
     masker.reset()
-    masks = masker.masks(spec.ratio, beta)
-    for name, (soft, _) in masks.items():
-        layer = network.layers[name]
-        if soft is None:
-            layer.weight_transform = None
-            continue
-        hard = level_mask(layer.mask_unstructured_level, ratios, spec.ratio)
-        layer.weight_transform = SubnetWeight(
-            layer, spec, dual_averaging_weight(layer.dense_weight, soft, hard, through_mask))
-
-
-def clear_transforms(network):
-    """Remove every layer's ``weight_transform`` (plain masked forward again)."""
-    for layer in network.layers.values():
-        layer.weight_transform = None
+    spartan_forward(masker, spec.ratio, beta, through_mask, spec, lambda _, layer: level_mask(
+        layer.mask_unstructured_level, ratios, spec.ratio))

@@ -14,6 +14,39 @@ import hashlib
 from dataclasses import dataclass
 
 RATIO_MODES = ('current', 'unlocked')
+SPARSE_PATTERNS = ('unstructured', 'channel', 'nm', 'block')
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_cocktail_options(patterns=None, num_stages=None, stage_start=0.0, stage_end=0.8,
+                           stage_power=3, ratio_mode='current', fixed_stage=None):
+    """Raise a ValueError naming the first impossible Sparse Cocktail schedule option.
+
+    ``patterns`` and ``num_stages`` may be None (taken from the model later: call again with
+    them, e.g. to bound ``fixed_stage`` by the number of stages).
+    """
+    if patterns is not None:
+        bad = [p for p in patterns if p not in SPARSE_PATTERNS]
+        if not len(patterns) or bad:
+            raise ValueError(f'patterns must name sparse patterns of {SPARSE_PATTERNS} (at '
+                             f'least one), got {list(patterns)}')
+    if num_stages is not None and (not _whole(num_stages) or num_stages < 1):
+        raise ValueError(f'num_stages must be an integer >= 1 (or None), got {num_stages!r}')
+    if not 0.0 <= stage_start <= stage_end <= 1.0:
+        raise ValueError('the stage schedule needs 0 <= stage_start <= stage_end <= 1 '
+                         f'(fractions of training), got stage_start={stage_start}, '
+                         f'stage_end={stage_end}')
+    if not stage_power > 0:
+        raise ValueError(f'stage_power must be > 0, got {stage_power!r}')
+    if ratio_mode not in RATIO_MODES:
+        raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
+    if fixed_stage is not None and (not _whole(fixed_stage) or fixed_stage < 1 or (
+            num_stages is not None and fixed_stage > num_stages)):
+        stages = 'the stages' if num_stages is None else f'1..{num_stages} (num_stages)'
+        raise ValueError(f'fixed_stage must be one of {stages}, got {fixed_stage!r}')
 
 
 def polynomial_progress(iteration, max_iters, start=0.0, end=0.8, power=3):
@@ -97,3 +130,39 @@ def cocktail_step(iteration, patterns, ratio_counts, stage, num_stages, mode='cu
     if mode == 'current':
         return CocktailStep(pattern, unlocked - 1)
     return CocktailStep(pattern, _pick(iteration, unlocked, f'{seed}:{pattern}'))
+
+
+class CocktailSchedule:
+    """Sparse Cocktail's plan for one run: the stage and the subnet of every iteration.
+
+    Args:
+        ratio_counts: ``{pattern: how many subnets (ratios) it has}``.
+        cycle: Sparse patterns in cycle order (see :func:`cocktail_step`).
+        max_iters: Training length.
+        num_stages: Number of ratio stages; None: the most ratios any pattern has.
+        start, end, power: the stage schedule (:func:`stage_at`).
+        mode, seed, dense_pivot: see :func:`cocktail_step`.
+        fixed_stage: Train every iteration in this stage (1..num_stages), or None.
+    """
+
+    def __init__(self, ratio_counts, cycle, max_iters, num_stages=None, start=0.0, end=0.8,
+                 power=3, mode='current', seed=0, dense_pivot=True, fixed_stage=None):
+        self.ratio_counts, self.cycle = dict(ratio_counts), tuple(cycle)
+        self.num_stages = num_stages or max(self.ratio_counts.values())
+        check_cocktail_options(self.cycle, self.num_stages, start, end, power, mode,
+                               fixed_stage)
+        self.max_iters = max_iters
+        self.stage_args = dict(start=start, end=end, power=power)
+        self.mode, self.seed, self.dense_pivot = mode, seed, dense_pivot
+        self.fixed_stage = fixed_stage
+
+    def stage_at(self, iteration):
+        """The stage (1..num_stages) ``iteration`` trains in."""
+        if self.fixed_stage is not None:
+            return self.fixed_stage
+        return stage_at(iteration, self.max_iters, self.num_stages, **self.stage_args)
+
+    def step_at(self, iteration):
+        """What ``iteration`` trains (:class:`CocktailStep`)."""
+        return cocktail_step(iteration, self.cycle, self.ratio_counts, self.stage_at(iteration),
+                             self.num_stages, self.mode, self.seed, self.dense_pivot)

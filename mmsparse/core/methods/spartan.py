@@ -48,6 +48,19 @@ def default_beta_end(block_shape=None, base=20.0):
     return base * math.sqrt(bo * bi)
 
 
+def check_spartan_schedule(sparsity=0.5, anneal_end=0.2, beta_start=1.0, beta_end=20.0,
+                           freeze_at=0.8):
+    """Raise a ValueError naming the first impossible :class:`SpartanSchedule` option (any
+    training length)."""
+    check_ratio(sparsity, 'Spartan sparsity')
+    if not 0.0 <= anneal_end <= freeze_at <= 1.0:
+        raise ValueError('Spartan schedule needs 0 <= anneal_end <= freeze_at <= 1, got '
+                         f'anneal_end={anneal_end}, freeze_at={freeze_at}')
+    if not 0.0 <= beta_start <= beta_end:
+        raise ValueError(f'Spartan needs 0 <= beta_start <= beta_end, got '
+                         f'{beta_start}, {beta_end}')
+
+
 @dataclass(frozen=True)
 class SpartanSchedule:
     """Density, β and freezing as functions of the iteration (0-based, the one about to run).
@@ -67,15 +80,10 @@ class SpartanSchedule:
     freeze_at: float = 0.8
 
     def __post_init__(self):
-        check_ratio(self.sparsity, 'Spartan sparsity')
         if self.max_iters < 1:
             raise ValueError(f'Spartan max_iters must be >= 1, got {self.max_iters}')
-        if not 0.0 <= self.anneal_end <= self.freeze_at <= 1.0:
-            raise ValueError('Spartan schedule needs 0 <= anneal_end <= freeze_at <= 1, got '
-                             f'anneal_end={self.anneal_end}, freeze_at={self.freeze_at}')
-        if not 0.0 <= self.beta_start <= self.beta_end:
-            raise ValueError(f'Spartan needs 0 <= beta_start <= beta_end, got '
-                             f'{self.beta_start}, {self.beta_end}')
+        check_spartan_schedule(self.sparsity, self.anneal_end, self.beta_start, self.beta_end,
+                               self.freeze_at)
 
     @property
     def anneal_iter(self):
@@ -154,6 +162,69 @@ def dual_averaging_weight(weight, soft, hard, through_mask=True):
     soft = soft.to(weight.dtype)
     return _DualAveraging.apply(weight, soft if through_mask else soft.detach(),
                                 hard.to(weight.dtype))
+
+
+class ForwardWeight:
+    """A layer's ``weight_transform``: a forward weight precomputed once per iteration
+    (a global soft top-k couples all layers).
+
+    With ``spec``, only while ``spec`` is the layer's active subnet: under any other (e.g. the
+    distiller's dense teacher pass inside the same iteration) the layer's ordinary masked
+    weight is returned.
+    """
+
+    def __init__(self, layer, weight, spec=None):
+        self.layer, self.weight, self.spec = layer, weight, spec
+
+    def __call__(self, dense_weight):
+        if dense_weight is not self.layer.dense_weight:
+            raise RuntimeError('Spartan forward weight used with another parameter')
+        if self.spec is not None and self.layer.active_subnet != self.spec:
+            mask = self.layer.active_mask(dense_weight)
+            return dense_weight if mask is None else dense_weight * mask
+        return self.weight
+
+
+def spartan_forward(masker, sparsity, beta, through_mask=True, spec=None, hard_mask=None):
+    """One Spartan step: every masked layer's forward weight becomes ``Π_k(m ⊙ w)``.
+
+    The soft masks ``m`` are computed from the current weights at ``sparsity`` and ``β``
+    (in fp32, also under AMP); the forward is the hard projection with a straight-through
+    backward (:func:`dual_averaging_weight`), set as each layer's ``weight_transform``
+    (:class:`ForwardWeight`; None for a layer that stays dense).
+
+    Args:
+        masker: A :class:`SpartanMasker` over the layers.
+        sparsity, beta: The budget and the soft top-k sharpness.
+        through_mask: Differentiate through the soft mask too (Spartan).
+        spec: Apply the forward only while this subnet is active (None: always).
+        hard_mask: ``(name, layer) -> bool mask`` replacing the solver's hard mask ``Π_k``
+            (e.g. the layer's stored mask of ``spec``), or None.
+
+    Returns:
+        The masks, ``{name: (soft or None, hard)}`` (see :meth:`SpartanMasker.masks`).
+    """
+    device = next(iter(masker.layers.values())).dense_weight.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        masks = masker.masks(sparsity, beta)
+        for name, (soft, hard) in masks.items():
+            layer = masker.layers[name]
+            if soft is None:
+                layer.weight_transform = None
+                continue
+            if hard_mask is not None:
+                hard = hard_mask(name, layer)
+            layer.weight_transform = ForwardWeight(
+                layer, dual_averaging_weight(layer.dense_weight, soft, hard, through_mask),
+                spec)
+    return masks
+
+
+def clear_forward_weights(layers):
+    """Remove every layer's ``weight_transform`` (plain masked forward again; drops the
+    step's autograd graph)."""
+    for layer in layers.values():
+        layer.weight_transform = None
 
 
 class SpartanMasker:
@@ -297,6 +368,15 @@ class SpartanMasker:
                 layer.set_masks(unstructured=([ratio], level))
             else:
                 layer.set_masks(block=([ratio], level, self.block_shape))
+
+    def freeze(self, sparsity, beta):
+        """The end of annealing: merge the soft masks at ``sparsity`` and ``β`` into the
+        weights (:meth:`merge_soft`) and store the hard ones as subnet ``sparsity``."""
+        device = next(iter(self.layers.values())).dense_weight.device
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+            masks = self.masks(sparsity, beta)
+            self.merge_soft(masks)
+        self.store(masks, sparsity)
 
     @torch.no_grad()
     def merge_soft(self, masks):

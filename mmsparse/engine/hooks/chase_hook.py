@@ -3,7 +3,8 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 
 from mmsparse.core.methods.chase import (ChaseSchedule, DenseGradientRecorder, apply_chase_masks,
-                                         chase_update, check_uncoupled, init_chase_masks)
+                                         chase_update, check_chase_options, check_uncoupled,
+                                         init_chase_masks)
 from mmsparse.registry import HOOKS
 from ..network import broadcast_masks, required_network
 from ..sparse_checkpoint import masked_layer_names
@@ -38,8 +39,7 @@ class ChaseHook(Hook):
                            update_interval=update_interval, update_end=update_end,
                            extra_density=extra_density, drop_fraction=drop_fraction, beta=beta,
                            erk_power=erk_power, prune_scope=prune_scope)
-        # Fail at build time on impossible settings; the schedule itself needs max_iters.
-        ChaseSchedule(max_iters=1 << 40, **self.kwargs)
+        check_chase_options(**self.kwargs)  # the schedule itself needs max_iters
         self.loaded_masks = False
         self.recorder = None
 

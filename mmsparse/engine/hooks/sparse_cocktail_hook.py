@@ -2,12 +2,13 @@
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE
-from mmsparse.core.methods.schedules import RATIO_MODES, cocktail_step, stage_at
+from mmsparse.core.methods.schedules import (SPARSE_PATTERNS, CocktailSchedule,
+                                             check_cocktail_options)
 from mmsparse.models.distill import DenseDistiller
 from mmsparse.models.joint_dense import JointDenseLoss, dense_part
 from mmsparse.registry import HOOKS
-from .mask_sources import CocktailMaskSources
-from ..network import broadcast_masks, require_dense_momentum, required_network, unwrap
+from ..mask_sources import CocktailMaskSources
+from ..network import broadcast_masks, required_network, unwrap
 
 
 @HOOKS.register_module()
@@ -28,45 +29,32 @@ class SparseCocktailHook(Hook):
             order unstructured, channel, nm, block. A pattern named twice, e.g.
             ``('unstructured', 'channel', 'nm', 'nm')``, gets twice the share of the sparse
             steps.
-        num_stages: Number of ratio stages; default: the most ratios any pattern has.
-        stage_start, stage_end, stage_power: the stage schedule (fractions of training).
-        ratio_mode: ``'current'`` (default, the paper's choice) trains only the current
-            stage's ratio of each pattern; ``'unlocked'`` samples among all ratios unlocked
-            so far. Measured on the shapes task, 'current' was better for every subnet
-            (docs/results.md).
+        num_stages, stage_start, stage_end, stage_power, ratio_mode, seed, dense_pivot,
+            fixed_stage: the stage and step plan, see
+            :class:`mmsparse.core.methods.schedules.CocktailSchedule` (``fixed_stage``: one
+            stage of the paper's multi-stage recipe, ``tools/cocktail_multistage.py``).
         regenerate_masks: Regenerate masks at stage boundaries (default True).
-        seed: Salt of the deterministic ratio sampling.
-        dense_pivot: Train the dense network every other iteration (default True). False
-            with one pattern and ``ratio_mode='current'`` is a dedicated sparse run with
-            gradual pruning (the baseline co-training is compared against).
         distill: e.g. ``dict(weight=0.5, temperature=1.0)``: on sparse steps, distil the
             dense network's classification outputs into the subnet (an extra no-grad dense
             forward; see :class:`mmsparse.models.distill.DenseDistiller`). None: off.
         save_stage_checkpoints: Save ``stage_<s>.pth`` (weights and masks) in the work dir
             at the end of every stage, for network interpolation
             (``tools/analysis_tools/interpolate_stages.py``).
-        fixed_stage: Train the whole run in this stage (no boundaries, no regeneration):
-            one stage of the paper's multi-stage recipe (``tools/cocktail_multistage.py``).
         mask_sources: Which method makes each pattern's masks, e.g.
             ``dict(channel='chase', unstructured='spartan')`` or with options
             ``dict(channel=dict(type='chase', beta=0.3))``; unnamed patterns (and None, the
-            default) use UMG. See :mod:`mmsparse.engine.hooks.mask_sources` and
+            default) use UMG. See :mod:`mmsparse.engine.mask_sources` and
             ``docs/mask_sources.md``.
         joint_dense: True or e.g. ``dict(weight=1.0, split_batch=False)``: every iteration
-            trains one sparse subnet *and* the dense network (a second loss forward with the
-            dense network active, one backward and one step: the sandwich rule), instead of
-            dense steps every other iteration. The dense subnet gets every update; each
-            iteration costs about twice as much, or about as much as plain training with
-            ``split_batch=True`` (each pass gets half the batch; ``dense_share`` moves
-            the split; ``mean_losses=True`` weights each pass by its share of the batch,
-            for plain training's step size). Implies
-            ``dense_pivot=False``; not combinable with ``distill``. See
-            :mod:`mmsparse.models.joint_dense`. None: off (the paper).
+            trains one sparse subnet *and* the dense network (the sandwich rule) instead of
+            dense steps every other iteration; implies ``dense_pivot=False``, not combinable
+            with ``distill``. See :class:`mmsparse.models.joint_dense.JointDenseLoss`.
+            None: off (the paper).
         straight_through: Sparse steps pass their gradient straight through the mask to the
             weights the subnet removes too (forward unchanged, same cost; see
             :func:`mmsparse.core.layers.straight_through_mask`), so the dense network
             learns on every step. False (default, the paper): removed weights get no
-            gradient. Needs dense momentum (``mask_momentum=False``).
+            gradient.
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
@@ -76,8 +64,13 @@ class SparseCocktailHook(Hook):
                  dense_pivot=True, distill=None, save_stage_checkpoints=False,
                  fixed_stage=None, mask_sources=None, joint_dense=None,
                  straight_through=False):
-        if ratio_mode not in RATIO_MODES:
-            raise ValueError(f'ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}')
+        check_cocktail_options(patterns, num_stages, stage_start, stage_end, stage_power,
+                               ratio_mode, fixed_stage)
+        if distill:
+            if not isinstance(distill, dict):
+                raise ValueError('SparseCocktailHook distill must be a dict like '
+                                 f'dict(weight=0.5, temperature=1.0) or None, got {distill!r}')
+            DenseDistiller.check_options(**distill)  # a typo fails here, not later
         if joint_dense and distill:
             raise ValueError('SparseCocktailHook: joint_dense and distill cannot be combined '
                              '(both add a dense pass to sparse steps); choose one')
@@ -88,16 +81,13 @@ class SparseCocktailHook(Hook):
             JointDenseLoss.check_options(**self.joint_dense)  # a typo fails here, not later
             dense_pivot = False  # the dense network trains inside every iteration
         self.patterns = None if patterns is None else tuple(patterns)
-        self.num_stages = num_stages
-        self.schedule = dict(start=stage_start, end=stage_end, power=stage_power)
-        self.ratio_mode = ratio_mode
+        self.options = dict(num_stages=num_stages, start=stage_start, end=stage_end,
+                            power=stage_power, mode=ratio_mode, seed=seed,
+                            dense_pivot=dense_pivot, fixed_stage=fixed_stage)
         self.regenerate_masks = regenerate_masks
-        self.seed = seed
-        self.dense_pivot = dense_pivot
         self.distill = distill
         self.distiller = None
         self.save_stage_checkpoints = save_stage_checkpoints
-        self.fixed_stage = fixed_stage
         self.sources = CocktailMaskSources(mask_sources)
         self.straight_through = bool(straight_through)
         self.current = DENSE
@@ -111,19 +101,19 @@ class SparseCocktailHook(Hook):
         for spec in network.subnets():
             if spec.pattern != 'dense':
                 by_pattern.setdefault(spec.pattern, []).append(spec)
-        order = ('unstructured', 'channel', 'nm', 'block')
-        patterns = self.patterns or tuple(p for p in order if p in by_pattern)
+        if not by_pattern:
+            raise ValueError('SparseCocktailHook co-trains sparse subnets, but the model holds '
+                             f'only {[s.name for s in network.subnets()]}: give '
+                             'SparseSubnetsHook sparse subnets (e.g. subnets=\'cocktail\')')
+        patterns = self.patterns or tuple(p for p in SPARSE_PATTERNS if p in by_pattern)
         missing = [p for p in patterns if p not in by_pattern]
         if missing:
             raise ValueError(f'SparseCocktailHook: the model holds no {missing} subnets; it '
                              f'holds {sorted(by_pattern)}')
         self.by_pattern = {p: sorted(by_pattern[p], key=lambda s: s.sort_key) for p in patterns}
-        self.cycle = patterns
-        self.stages = self.num_stages or max(len(v) for v in self.by_pattern.values())
-        self.max_iters = runner.max_iters
-        if self.straight_through:
-            require_dense_momentum(runner, 'SparseCocktailHook(straight_through=True) moves '
-                                           'the removed weights')
+        self.plan = CocktailSchedule({p: len(v) for p, v in self.by_pattern.items()}, patterns,
+                                     runner.max_iters, **self.options)
+        self.stages = self.plan.num_stages
         self._set_straight_through(network, self.straight_through)
         if self.distill and self.distiller is None:
             self.distiller = DenseDistiller(unwrap(runner.model), network, **self.distill)
@@ -131,9 +121,9 @@ class SparseCocktailHook(Hook):
             self.joint = JointDenseLoss(unwrap(runner.model), network, **self.joint_dense)
         # The stage of the last completed iteration: a resumed run regenerates at the next
         # boundary exactly where an uninterrupted run would.
-        self.stage = self.stage_at(max(runner.iter - 1, 0))
+        self.stage = self.plan.stage_at(max(runner.iter - 1, 0))
         if not self.sources.default:
-            self.sources.setup(runner, network, set(by_pattern), self.schedule['end'])
+            self.sources.setup(runner, network, set(by_pattern), self.options['end'])
             if runner.iter == 0:  # a fresh run: its first masks from the chosen sources too
                 self.sources.apply(network)
                 broadcast_masks(network)
@@ -144,22 +134,14 @@ class SparseCocktailHook(Hook):
         for layer in network.layers.values():
             layer.straight_through = value
 
-    def stage_at(self, iteration):
-        if self.fixed_stage is not None:
-            return self.fixed_stage
-        return stage_at(iteration, self.max_iters, self.stages, **self.schedule)
-
     def step_at(self, iteration):
         """The subnet iteration ``iteration`` trains."""
-        step = cocktail_step(iteration, self.cycle,
-                             {p: len(v) for p, v in self.by_pattern.items()},
-                             self.stage_at(iteration), self.stages, self.ratio_mode, self.seed,
-                             self.dense_pivot)
+        step = self.plan.step_at(iteration)
         return DENSE if step.pattern == 'dense' else self.by_pattern[step.pattern][step.index]
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         network = self._network(runner)
-        stage = self.stage_at(runner.iter)
+        stage = self.plan.stage_at(runner.iter)
         if stage != self.stage:
             self._save_stage(runner)
             if self.regenerate_masks:

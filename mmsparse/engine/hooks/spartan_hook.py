@@ -1,29 +1,27 @@
 """Spartan sparse training inside MMDetection's own training loop."""
-import torch
 from mmengine.hooks import Hook
 
 from mmsparse.core import DENSE
 from mmsparse.core.methods.spartan import (ALLOCATIONS, SpartanMasker, SpartanSchedule,
-                                           default_beta_end, dual_averaging_weight, flops_costs)
+                                           check_spartan_schedule, clear_forward_weights,
+                                           default_beta_end, flops_costs, spartan_forward)
 from mmsparse.core.subnets import SubnetSpec
 from mmsparse.models import detector_loss_run
 from mmsparse.registry import HOOKS
-from ..network import broadcast_masks, require_dense_momentum, required_network, unwrap
+from ..network import broadcast_masks, required_network, unwrap
 
 COST_MODELS = ('params', 'flops')
 
 
-class _FixedWeight:
-    """A layer's ``weight_transform`` for one iteration: the precomputed forward weight
-    (built once per iteration, because a global soft top-k couples all layers)."""
-
-    def __init__(self, source, weight):
-        self.source, self.weight = source, weight
-
-    def __call__(self, dense_weight):
-        if dense_weight is not self.source:
-            raise RuntimeError('Spartan forward weight used with another parameter')
-        return self.weight
+def _check_pair(value, option, allow_none=False):
+    """Raise unless ``value`` is two positive integers (or None where allowed)."""
+    if value is None and allow_none:
+        return None
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                       for v in value)):
+        raise ValueError(f'SpartanHook {option} must be two positive integers, got {value!r}')
+    return tuple(value)
 
 
 @HOOKS.register_module()
@@ -68,17 +66,19 @@ class SpartanHook(Hook):
                              f'{allocation!r}')
         if cost not in COST_MODELS:
             raise ValueError(f'SpartanHook cost must be one of {COST_MODELS}, got {cost!r}')
+        if not tol > 0:
+            raise ValueError(f'SpartanHook tol must be > 0, got {tol!r}')
         self.sparsity = float(sparsity)
         self.allocation = allocation
-        self.block_shape = None if block_shape is None else tuple(block_shape)
+        self.block_shape = _check_pair(block_shape, 'block_shape', allow_none=True)
         self.cost = cost
         self.schedule_args = dict(anneal_end=anneal_end, beta_start=beta_start,
                                   beta_end=(default_beta_end(self.block_shape)
                                             if beta_end is None else beta_end),
                                   freeze_at=freeze_at)
-        SpartanSchedule(self.sparsity, 1, **self.schedule_args)  # fail early on bad values
+        check_spartan_schedule(self.sparsity, **self.schedule_args)
         self.through_mask = through_mask
-        self.analysis_image_size = tuple(analysis_image_size)
+        self.analysis_image_size = _check_pair(analysis_image_size, 'analysis_image_size')
         self.tol = tol
         self.masker = None
         pattern = 'unstructured' if self.block_shape is None else 'block'
@@ -94,7 +94,6 @@ class SpartanHook(Hook):
                              'SparseSubnetsHook holds '
                              f'{[s.name for s in network.subnets()]}: add '
                              f"subnets=['{self.target.name}'] to it")
-        require_dense_momentum(runner, 'SpartanHook')
         block = network.layers[next(iter(network.layers))].mask_block_shape.tolist()
         if self.block_shape is not None and tuple(block) != self.block_shape:
             raise ValueError(f'SpartanHook block_shape {self.block_shape} differs from the '
@@ -108,10 +107,6 @@ class SpartanHook(Hook):
                                     costs, tol=self.tol)
         self.schedule = SpartanSchedule(self.sparsity, runner.max_iters, **self.schedule_args)
 
-    def _clear(self):
-        for layer in self.masker.layers.values():
-            layer.weight_transform = None
-
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         network = self._network(runner)
         it = runner.iter
@@ -119,7 +114,10 @@ class SpartanHook(Hook):
         hub = runner.message_hub
         if schedule.frozen(it):
             if it == schedule.freeze_iter:  # once (a resumed run past it has merged already)
-                self._freeze(runner)
+                self.masker.freeze(self.sparsity, schedule.beta_end)
+                broadcast_masks(network)  # every rank's stored mask rank 0's
+                runner.logger.info(f'mmsparse: iteration {it}: Spartan mask frozen '
+                                   f'({self.target.name}); fine-tuning the subnet')
             network.set_active(self.target)
             hub.update_scalar('train/spartan_density', 1.0 - self.sparsity)
             return
@@ -129,35 +127,15 @@ class SpartanHook(Hook):
         hub.update_scalar('train/spartan_beta', beta)
         if sparsity <= 0:
             return
-        device = next(iter(self.masker.layers.values())).dense_weight.device
-        # The soft top-k and the projection run in fp32 even under AMP.
-        with torch.autocast(device_type=device.type, enabled=False):
-            masks = self.masker.masks(sparsity, beta)
-            for name, (soft, hard) in masks.items():
-                layer = self.masker.layers[name]
-                layer.weight_transform = None if soft is None else _FixedWeight(
-                    layer.dense_weight, dual_averaging_weight(layer.dense_weight, soft, hard,
-                                                              self.through_mask))
+        masks = spartan_forward(self.masker, sparsity, beta, self.through_mask)
         self.masker.store(masks, self.sparsity)
-
-    def _freeze(self, runner):
-        """Merge the soft mask of the last annealing step into the weights, store the hard
-        mask, and make every rank's stored mask rank 0's."""
-        device = next(iter(self.masker.layers.values())).dense_weight.device
-        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-            masks = self.masker.masks(self.sparsity, self.schedule.beta_end)
-            self.masker.merge_soft(masks)
-        self.masker.store(masks, self.sparsity)
-        broadcast_masks(self._network(runner))
-        runner.logger.info(f'mmsparse: iteration {runner.iter}: Spartan mask frozen '
-                           f'({self.target.name}); fine-tuning the subnet')
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.masker is not None:
-            self._clear()  # drop the iteration's graph; validation sees plain masked layers
+            # Drop the iteration's graph; validation sees plain masked layers.
+            clear_forward_weights(self.masker.layers)
 
     def after_train(self, runner):
         if self.masker is not None:
-            self._clear()
+            clear_forward_weights(self.masker.layers)
         self._network(runner).set_active(DENSE)
-

@@ -1,14 +1,26 @@
 """At the end of training, store every subnet's BatchNorm statistics in the model."""
 import time
 
-from mmengine.dist import broadcast, is_distributed, is_main_process
+import torch
+from mmengine.dist import all_reduce, broadcast, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.utils import ProgressBar
 
-from mmsparse.core.batchnorm.stored_stats import PREFIX, STORED, store_subnet_bn_stats
+from mmsparse.core.batchnorm.stored_stats import (PREFIX, STORED, drop_stored_bn_stats,
+                                                  store_subnet_bn_stats)
 from mmsparse.registry import HOOKS
 from ..runner.calibration import calibration_batches, forward_batches
 from ..network import required_network, unwrap
+
+
+def _failed_anywhere(failed):
+    """Whether any rank failed (all ranks then skip the statistics together; a rank that
+    went on to the broadcast alone would wait forever)."""
+    if not is_distributed():
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0])
+    all_reduce(flag)
+    return bool(flag.item() > 0)
 
 
 def broadcast_stored_bn_stats(model):
@@ -32,20 +44,30 @@ class SubnetBNStatsHook(Hook):
 
     Runs after the last iteration's other hooks and before the checkpoint hook saves, so the
     last checkpoint and the final validation see the statistics. Each subnet is calibrated
-    as ``--recalibrate-bn`` does: model in eval mode, BatchNorm layers in training mode,
-    exact averages over the first ``batches`` batches of a fresh training dataloader. Cost:
-    ``batches`` forward passes per subnet (24 subnets x 20 batches for the cocktail).
+    as ``--recalibrate-bn`` does: exact averages (BatchNorm momentum None) over the first
+    ``batches`` batches of a fresh training dataloader, run through the detector's loss
+    forward, which takes whatever the training pipeline produces. Cost: ``batches`` forward
+    passes per subnet (24 subnets x 20 batches for the cocktail).
+
+    The statistics are an extra; the trained weights are not. If the pass fails, the error is
+    logged with how to store the statistics later (``tools/misc/store_bn_stats.py``), nothing
+    half-stored is kept, and training ends as without this hook: the final checkpoint is
+    written and evaluation uses the trained statistics.
 
     Args:
-        batches: Calibration batches per subnet.
+        batches: Calibration batches per subnet (a positive int).
     """
 
     priority = 'LOW'  # before CheckpointHook (VERY_LOW) on the last iteration
 
     def __init__(self, batches=20):
-        if int(batches) < 1:
-            raise ValueError(f'SubnetBNStatsHook needs batches >= 1, got {batches}')
-        self.batches = int(batches)
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError('SubnetBNStatsHook: batches must be a positive int (calibration '
+                             f'batches per subnet), got {batches!r}')
+        self.batches = batches
+
+    def before_train(self, runner):
+        required_network(runner, 'SubnetBNStatsHook')  # a config error: fail before training
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if not self.is_last_train_iter(runner):
@@ -53,15 +75,27 @@ class SubnetBNStatsHook(Hook):
         network = required_network(runner, 'SubnetBNStatsHook')
         model = unwrap(runner.model)
         start = time.time()
-        batches = calibration_batches(runner.cfg.train_dataloader, self.batches)
-        count = len(network.subnets())
-        bar = ProgressBar(count) if is_main_process() and count > 1 else None
-        model.eval()  # as in evaluation: only the BatchNorm layers run in training mode
+        error, specs, batches = None, [], []
         try:
+            batches = calibration_batches(runner.cfg.train_dataloader, self.batches)
+            count = len(network.subnets())
+            bar = ProgressBar(count) if is_main_process() and count > 1 else None
             specs = store_subnet_bn_stats(network, forward_batches(batches),
                                           progress=bar and (lambda _: bar.update()))
-        finally:
-            model.train()
+        except Exception as err:  # noqa: BLE001  (any failure must not cost the checkpoint)
+            error = err
+        if _failed_anywhere(error is not None):
+            drop_stored_bn_stats(model)  # rows of subnets not reached would be zeros
+            what = (f'{type(error).__name__}: {error}' if error is not None
+                    else 'it failed on another process')
+            runner.logger.error(
+                'mmsparse: SubnetBNStatsHook could not store the per-subnet BatchNorm '
+                f'statistics ({what}). Training is complete and the final checkpoint is saved '
+                'without them (evaluation uses the trained statistics). Store them later with '
+                '`python tools/misc/store_bn_stats.py CONFIG CHECKPOINT --out OUT.pth` (or '
+                'evaluate with tools/test.py --recalibrate-bn N).',
+                exc_info=error)
+            return
         broadcast_stored_bn_stats(model)
         runner.logger.info(
             f'mmsparse: stored the BatchNorm statistics of {len(specs)} subnets '

@@ -6,9 +6,15 @@ One helper for everything that re-estimates BatchNorm statistics (the subnet loo
 on the same kind of data: the first batches of a fresh training dataloader (training
 pipeline, training batch size).
 """
-from mmengine.runner import Runner
+import contextlib
 
-from mmsparse.models import detector_predict_run
+import numpy as np
+import torch
+from mmengine.runner import Runner
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# Calibration samples RoIs with its own seed: the same statistics in every run and process.
+CALIBRATION_SEED = 0
 
 
 def calibration_batches(dataloader_cfg, count):
@@ -23,7 +29,44 @@ def calibration_batches(dataloader_cfg, count):
     return batches
 
 
+@contextlib.contextmanager
+def _own_random_stream(seed=CALIBRATION_SEED):
+    """Draw from a seeded stream, then give the caller's torch (CPU and CUDA) and numpy
+    random states back: calibration during validation must not change what training draws
+    next (``--resume`` reproduces an uninterrupted run)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
 def forward_batches(batches):
-    """``fn(model)`` running the detector's predict forward on every batch (what
-    :func:`mmsparse.core.batchnorm.recalibration.recalibrated_bn` calls)."""
-    return lambda model: [detector_predict_run(batch)(model) for batch in batches]
+    """``fn(model)`` running the detector's loss forward on every batch (what
+    :func:`mmsparse.core.batchnorm.recalibration.recalibrated_bn` calls).
+
+    The batches come from the training pipeline, and the loss forward is what training ran
+    on every such batch, so it takes whatever that pipeline produces; ``predict`` needs
+    test-time meta keys (``scale_factor`` is missing when the training pipeline has no
+    ``Resize``). The model runs in training mode as in training (some heads only build
+    their training inputs then), except the BatchNorm layers, which keep the mode the caller
+    gave them; every module's mode is restored afterwards. Losses are discarded.
+    """
+    def run(model):
+        modes = {module: module.training for module in model.modules()}
+        for module in modes:
+            if not isinstance(module, _BatchNorm):
+                module.training = True
+        try:
+            with _own_random_stream():
+                for batch in batches:
+                    data = model.data_preprocessor(batch, True)
+                    model.loss(data['inputs'], data['data_samples'])
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+    return run

@@ -3,7 +3,12 @@
 Like MMDetection's ``TeacherStudentValLoop`` and mmrazor's slimmable loops, each subnet is a
 full pass over the dataloader with the config's evaluator, and the metric keys are prefixed
 with the subnet name (``nm@2:4/coco/bbox_mAP``). Each subnet's measured sparsity, parameters
-and FLOPs are added (``nm@2:4/sparsity`` ...); FLOPs are per image: the first test image, with the dense network's RoIs.
+and FLOPs are added (``nm@2:4/sparsity`` ...); FLOPs are per image: the first test image,
+with the dense network's RoIs.
+
+Subnet names are checked when the loop is built (for a validation loop: before training
+starts); :class:`~mmsparse.engine.hooks.SparseSubnetsHook` checks that the model holds them
+before the first training iteration.
 """
 import contextlib
 import os.path as osp
@@ -12,7 +17,7 @@ from mmengine.dist import is_main_process
 from mmengine.runner import TestLoop, ValLoop
 from mmengine.utils import ProgressBar
 
-from mmsparse.core import DENSE, parse_subnet, record_positions, subnet_stats
+from mmsparse.core import DENSE, parse_subnets, record_positions, subnet_stats
 from mmsparse.core.batchnorm.recalibration import recalibrated_bn
 from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.subnets import SubnetNameError
@@ -22,6 +27,30 @@ from ..network import unwrap
 from .calibration import calibration_batches, forward_batches
 
 
+def subnet_list(subnets):
+    """``subnets`` as a list: ``['all']`` or names (a comma-separated string is split).
+
+    Raises:
+        SubnetNameError: for an empty list, a name that does not parse, a name listed twice
+            (their metric keys would collide) or ``'all'`` mixed with names.
+    """
+    if isinstance(subnets, str):
+        subnets = [s.strip() for s in subnets.split(',') if s.strip()]
+    if not isinstance(subnets, (list, tuple)) or not all(isinstance(s, str) for s in subnets):
+        raise SubnetNameError(f"subnets must be 'all', a name, a comma-separated string or a "
+                              f'list of names, got {subnets!r}')
+    subnets = list(subnets)
+    if not subnets:
+        raise SubnetNameError("no subnet to evaluate (empty list); give 'all' or names, e.g. "
+                              "'dense,nm@2:4'")
+    if subnets == ['all']:
+        return subnets
+    if 'all' in subnets:
+        raise SubnetNameError(f"'all' cannot be combined with names, got {subnets!r}")
+    parse_subnets(subnets)
+    return subnets
+
+
 def resolve_subnets(network, subnets):
     """Subnet specs to evaluate: ``'all'``, a name, or a list/comma-separated names.
 
@@ -29,12 +58,11 @@ def resolve_subnets(network, subnets):
         SubnetNameError: for names the model does not hold, listing the valid ones; for any
             sparse name when the model holds no masks.
     """
-    if isinstance(subnets, str):
-        subnets = [s for s in subnets.split(',') if s.strip()]
+    subnets = subnet_list(subnets)
     held = network.subnets() if network is not None else [DENSE]
-    if list(subnets) == ['all']:
+    if subnets == ['all']:
         return held
-    specs = [parse_subnet(s) for s in subnets]
+    specs = parse_subnets(subnets)
     for spec in specs:
         if spec not in held:
             if held == [DENSE]:  # no masked layers, or masked layers with empty masks
@@ -52,13 +80,41 @@ class _SubnetEvaluation:
 
     def __init__(self, runner, dataloader, evaluator, fp16=False, subnets='all',
                  recalibrate_bn=0, stored_bn=True):
+        # Option errors surface here, when the Runner builds the loop (for a validation
+        # loop: before training starts), not at the first evaluation.
+        where = f'{type(self).__name__}(subnets={subnets!r})'
+        try:
+            self.subnets = subnet_list(subnets)
+        except SubnetNameError as err:
+            raise SubnetNameError(f'{where}: {err}') from None
+        if isinstance(recalibrate_bn, bool) or not isinstance(recalibrate_bn, int) \
+                or recalibrate_bn < 0:
+            raise ValueError(f'{type(self).__name__}: recalibrate_bn must be an int >= 0 '
+                             f'(calibration batches per subnet, 0: off), got {recalibrate_bn!r}')
+        if not isinstance(stored_bn, bool):
+            raise ValueError(f'{type(self).__name__}: stored_bn must be True or False, got '
+                             f'{stored_bn!r}')
+        sparse = self.subnets != ['all'] and any(s != DENSE for s in parse_subnets(self.subnets))
+        if sparse and not any(hasattr(hook, 'check_val_subnets') for hook in runner.hooks):
+            raise SubnetNameError(f'{where}: sparse subnets need mmsparse.SparseSubnetsHook in '
+                                  'custom_hooks (it attaches the masked layers); without it '
+                                  "only 'dense' can be evaluated")
         super().__init__(runner, dataloader, evaluator, fp16)
-        self.subnets = subnets
-        self.recalibrate_bn = int(recalibrate_bn)
+        self.recalibrate_bn = recalibrate_bn
         self.stored_bn = stored_bn
         self._positions = None
         self._calibration_batches = None
         self._visualization_dirs = {}
+
+    def check_subnets(self, network):
+        """Raise :class:`SubnetNameError` unless ``network`` (None: no masked layers) holds
+        every subnet this loop evaluates; :class:`SparseSubnetsHook` calls it before the
+        first training iteration."""
+        try:
+            resolve_subnets(network, self.subnets)
+        except SubnetNameError as err:
+            raise SubnetNameError(f'{type(self).__name__}(subnets={self.subnets!r}): {err}. '
+                                  'Fix val_cfg.subnets (or use \'all\').') from None
 
     def _bn_source(self, model, network):
         """Which BatchNorm statistics each subnet is evaluated with: ``'recalibrated'``

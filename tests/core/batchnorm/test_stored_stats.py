@@ -8,7 +8,7 @@ from mmsparse.core.batchnorm.recalibration import recalibrated_bn, save_bn_stats
 from mmsparse.core.batchnorm.stored_stats import (check_stored_bn_stats, register_stored_bn_stats,
                                                   store_subnet_bn_stats, stored_bn_count,
                                                   stored_bn_stats)
-from tiny_models import Residual, build
+from tiny_models import LinearHead, Residual, build
 
 SUBNETS = ['unstructured@0.50', 'channel@0.50', 'nm@2:4']
 
@@ -95,3 +95,12 @@ def test_an_exported_copy_keeps_the_live_stats_and_drops_the_stored_ones():
         exported = fold_masks(network, 'nm@2:4')
     assert not [k for k in exported.state_dict() if 'subnet_' in k]
     assert torch.equal(exported.bn1.running_mean, network.model.bn1.subnet_running_mean[3])
+
+
+def test_a_model_without_batchnorm_stores_nothing():
+    model, run, x = build(LinearHead)
+    network = SparseNetwork(model, run)
+    generate_masks(network, ['unstructured@0.50'])
+    assert [s.name for s in store_subnet_bn_stats(network, _forward([x]))] == [
+        'dense', 'unstructured@0.50']
+    assert stored_bn_count(model) == 0 and not check_stored_bn_stats(model, network)

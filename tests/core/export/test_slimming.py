@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmsparse.core import (MaskSpec, SlimmingError, SparseNetwork, SubnetNameError,
-                           channel_keep, fold_masks, generate_masks, is_masked, slim_channels,
-                           slim_subnet)
+from mmsparse.core import (MaskSpec, SlimmingError, SparseNetwork, SparsitySpecError,
+                           SubnetNameError, channel_keep, fold_masks, generate_masks, is_masked,
+                           slim_channels, slim_subnet)
 from tiny_models import ConvBNBias, Deconv, LinearHead, Residual, build, randomize_bn
 
 SUBNETS = ['unstructured@0.50', 'channel@0.50', 'nm@2:4']
@@ -178,8 +178,10 @@ def test_unknown_subnet_lists_the_valid_ones():
     with pytest.raises(SubnetNameError, match=r"unknown subnet 'channel@0.30'; this model "
                        'holds: dense, unstructured@0.50, channel@0.50, nm@2:4'):
         fold_masks(network, 'channel@0.30')
-    with pytest.raises(SlimmingError, match='not a channel subnet'):
+    with pytest.raises(SparsitySpecError, match='nm@2:4 is not a channel subnet'):
         channel_keep(network, 'nm@2:4')
+    with pytest.raises(SubnetNameError, match="unknown subnet 'channel@0.30'"):
+        channel_keep(network, 'channel@0.30')
 
 
 def _tiny_mask_rcnn(channel_groups=False):
@@ -343,7 +345,7 @@ def test_plain_value_keeps_only_weights_only_loadable_types():
 
 def test_semi_structured_conversion_picks_the_2_4_linear_layers(monkeypatch):
     """The selection logic, with the CUDA kernel replaced by a recorder (no GPU here)."""
-    from mmsparse.core import export
+    from mmsparse.core.export import deploy as export
     calls = []
 
     def fake(weight):
@@ -365,7 +367,7 @@ def test_semi_structured_conversion_picks_the_2_4_linear_layers(monkeypatch):
 def test_semi_structured_conversion_casts_to_the_kernel_dtype(monkeypatch):
     """With ``dtype`` (an fp32 model on a GPU without fp32 2:4 kernels), each converted
     layer's weight and bias are cast first; other layers keep their dtype."""
-    from mmsparse.core import export
+    from mmsparse.core.export import deploy as export
     seen = []
 
     def fake(weight):
@@ -384,15 +386,15 @@ def test_semi_structured_conversion_casts_to_the_kernel_dtype(monkeypatch):
 def test_semi_structured_needs_half_for_fp32_off_ampere(monkeypatch):
     """cuSPARSELt has no fp32 kernels and CUTLASS's fp32 ones run on compute capability 8.x
     only: fp32 Linear layers need fp16 on a Hopper GPU, not on an A100, and fp16 never."""
-    from mmsparse.core import export
+    from mmsparse.core.export import deploy as export
     network, _ = _network()
     folded = fold_masks(network, 'nm@2:4')
     names = list(network.layers)
     for capability, fp32_needs_half in (((9, 0), True), ((8, 0), False), ((8, 6), False)):
         monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda c=capability: c)
-        assert export.deploy_needs_half(folded, names) is fp32_needs_half
+        assert export.semi_structured_needs_half(folded, names) is fp32_needs_half
     folded.half()
-    assert export.deploy_needs_half(folded, names) is False
+    assert export.semi_structured_needs_half(folded, names) is False
 
 
 def test_channel_subnet_params_count_what_slimming_removes(tiny_mask_rcnn):

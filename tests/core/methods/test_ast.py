@@ -2,10 +2,12 @@
 import pytest
 import torch
 
-from mmsparse.core.methods.ast import (ast_subnet_index, gradual_density, gradual_sparsity,
-                                       prune_regrow, regrow_fraction, regrow_level, regrow_nm,
-                                       scheduled_levels, update_due)
+from mmsparse.core.methods.ast import (ASTMasker, ast_order, ast_subnet_index,
+                                       check_ast_options, check_ast_specs, gradual_density,
+                                       gradual_sparsity, prune_regrow, regrow_fraction,
+                                       regrow_level, regrow_nm, scheduled_levels, update_due)
 from mmsparse.core.patterns import keep_count, nested_levels, nm_mask
+from mmsparse.core.subnets import parse_subnets
 
 
 def test_subnet_order_is_t_mod_k_and_deterministic():
@@ -113,3 +115,40 @@ def test_each_subnet_updates_once_per_window_on_its_own_iteration():
         assert sorted(i for t, i in due if t // interval == window) == [0, 1, 2]
     with pytest.raises(ValueError, match='at least the number'):
         update_due(0, 0, 3, 2)
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(update_interval=0), 'update_interval must be a positive integer, got 0'),
+    (dict(update_interval=2.5), 'update_interval must be a positive integer, got 2.5'),
+    (dict(update_interval=2, num_subnets=3), r'update_interval \(2\) must be >= the number '
+                                             r'of subnets \(3\)'),
+    (dict(prune_end=0.9, regrow_end=0.8), 'prune_start <= prune_end <= regrow_end <= 1'),
+    (dict(regrow_end=1.5), 'regrow_end <= 1, got 0.0, 0.5, 1.5'),
+    (dict(prune_power=0), 'prune_power must be > 0, got 0'),
+    (dict(regrow_initial=1.5), r'regrow_initial must be a fraction in \[0, 1\], got 1.5'),
+    (dict(regrow_final=-0.1), r'regrow_final must be a fraction in \[0, 1\], got -0.1'),
+    (dict(scope='layers'), "scope must be 'global' or 'layer', got 'layers'"),
+])
+def test_bad_ast_options_fail_naming_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        check_ast_options(**options)
+
+
+def test_ast_subnets_are_unstructured_or_nm_and_default_to_the_sorted_sparse_ones():
+    with pytest.raises(ValueError, match=r"cannot train \['channel@0.30'\]"):
+        check_ast_specs(parse_subnets(['unstructured@0.5', 'channel@0.3']))
+    with pytest.raises(ValueError, match=r"needs at least one sparse subnet, got \['dense'\]"):
+        check_ast_specs(parse_subnets(['dense']))
+    order = ast_order(parse_subnets(['dense', 'unstructured@0.8', 'unstructured@0.5']))
+    assert [s.name for s in order] == ['unstructured@0.50', 'unstructured@0.80']
+
+
+def test_ast_masker_due_logic_is_the_schedule_of_the_pure_functions():
+    order = parse_subnets(['unstructured@0.5', 'unstructured@0.8'])
+    masker = ASTMasker({}, order, 20, update_interval=4, prune_end=0.3, regrow_end=0.8)
+    assert masker.prune_end_iter == 6
+    assert [t for t in range(20) if masker.prune_due(t)] == [0, 4, 6]
+    regrow = [t for t in range(20) if masker.regrow_due(t)]
+    assert regrow == [t for t in range(7, 17) if update_due(t, t % 2, 2, 4)] == [8, 9, 12, 13, 16]
+    assert [masker.subnet_at(t) for t in range(3)] == [order[0], order[1], order[0]]
+    assert masker.fraction_at(10) == regrow_fraction(10, 20, 0.3, 0.8)

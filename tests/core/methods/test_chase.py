@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from mmsparse.core import SparseNetwork
+from mmsparse.core import SparseNetwork, channel_keep
 from mmsparse.core.methods.chase import (ChaseSchedule, DenseGradientRecorder, allowed_masks,
-                                         apply_chase_masks, channel_keeps, chase_update,
-                                         init_chase_masks, select_channels,
-                                         umm_scores, weight_masks)
+                                         apply_chase_masks, chase_update, init_chase_masks,
+                                         select_channels, umm_scores, weight_masks)
 from mmsparse.core.export.slimming import fold_masks, slim_subnet
 from tiny_models import Chain
 
@@ -113,7 +112,8 @@ def _run_updates(network, schedule, seed=0):
             grads = {n: torch.randn(layer.dense_weight.shape, generator=gen)
                      for n, layer in network.layers.items()}
             info = chase_update(network, schedule, completed, grads)
-            history.append((completed, info, channel_keeps(network, schedule.channel)))
+            keeps = channel_keep(network, schedule.channel, all_layers=True)
+            history.append((completed, info, keeps))
     return history
 
 
@@ -124,7 +124,8 @@ def test_erk_init_then_updates_reach_both_targets_within_floors():
     total = sum(layer.dense_weight.numel() for layer in network.layers.values())
     masks = weight_masks(network, schedule.unstructured)
     assert sum(int(m.sum()) for m in masks.values()) == pytest.approx(0.7 * total, abs=3)
-    assert all(k.all() for k in channel_keeps(network, schedule.channel).values())
+    keeps = channel_keep(network, schedule.channel, all_layers=True)
+    assert set(keeps) == {'conv_a', 'conv_b'} and all(k.all() for k in keeps.values())
     assert network.channel_layers == ['conv_a', 'conv_b']
     history = _run_updates(network, schedule)
     channels = 16 + 12
@@ -170,7 +171,7 @@ def _trained_with_masks(lr, steps):
 
 def test_apply_masks_zeroes_weights_momentum_and_removed_channel_outputs():
     network, x, schedule, optimizer = _trained_with_masks(lr=0.1, steps=2)
-    keeps = channel_keeps(network, schedule.channel)
+    keeps = channel_keep(network, schedule.channel, all_layers=True)
     for name, layer in network.layers.items():
         mask = layer.mask_for(schedule.unstructured)
         weight = layer.dense_weight
@@ -229,7 +230,7 @@ def test_slimmed_model_matches_the_masked_one_and_is_smaller():
     with torch.no_grad():
         actual = slim(x)
     assert torch.allclose(actual, expected, atol=1e-5)
-    keeps = channel_keeps(network, schedule.channel)
+    keeps = channel_keep(network, schedule.channel, all_layers=True)
     assert slim.conv_a.out_channels == int(keeps['conv_a'].sum()) < 16
     assert slim.conv_c.in_channels == int(keeps['conv_b'].sum()) < 12
     count = sum(p.numel() for p in slim.parameters())

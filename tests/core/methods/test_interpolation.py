@@ -23,7 +23,8 @@ def test_greedy_choice_maximises_the_score():
         calls.append(1)
         return -float((state['w'] - target).abs().sum())
 
-    state, history = greedy_interpolation(stages, score, grid=(0.25, 0.5, 0.75), log=lambda line: None)
+    state, history = greedy_interpolation(stages, score, grid=(0.25, 0.5, 0.75),
+                                          log=lambda line: None)
     assert [h[1] for h in history][0] == 0.5  # 0.5 * 0 + 0.5 * 2 hits the target
     assert torch.allclose(state['w'], target)
     assert len(calls) == 6

@@ -5,11 +5,11 @@ import torch
 
 from mmsparse.core import DENSE, SparseNetwork, SparsitySpecError, generate_masks
 from mmsparse.core.methods.chase import channel_floor
-from mmsparse.core.methods.mask_sources import (SubnetWeight, check_mask_sources,
-                                                chase_channel_keeps, chase_channel_masks,
-                                                clear_transforms, spartan_unstructured_step)
+from mmsparse.core.methods.mask_sources import (check_mask_sources, chase_channel_masks,
+                                                chase_channel_selection,
+                                                spartan_unstructured_step)
 from mmsparse.core.patterns import channel_scores_umm, keep_count
-from mmsparse.core.methods.spartan import SpartanMasker
+from mmsparse.core.methods.spartan import ForwardWeight, SpartanMasker, clear_forward_weights
 from mmsparse.core.subnets import SubnetSpec
 from tiny_models import Chain
 
@@ -75,7 +75,7 @@ def test_chase_ranks_umm_globally_where_umg_keeps_the_ratio_per_layer():
 def test_chase_removes_the_globally_lowest_umm_of_the_matching_unstructured_mask():
     network, _ = _network()
     ratios = [0.25]
-    keeps = chase_channel_keeps(network, ratios, beta=0.0)  # floors of 1 never bind here
+    keeps = chase_channel_selection(network, ratios, beta=0.0)  # floors of 1 never bind here
     # one channel ratio: matching rank is the middle unstructured ratio (as UMG's rank_match)
     u_spec = SubnetSpec('unstructured', U_RATIOS[1])
     scores = torch.cat([channel_scores_umm(network.layers[n].dense_weight.detach(),
@@ -177,14 +177,14 @@ def test_spartan_levels_are_rebuilt_nested_and_exact_at_every_ratio():
 def test_other_subnets_and_cleared_layers_see_no_spartan_transform():
     network, x = _network()
     spec, _ = _spartan_step(network)
-    assert all(isinstance(l.weight_transform, SubnetWeight) for l in network.layers.values())
+    assert all(isinstance(l.weight_transform, ForwardWeight) for l in network.layers.values())
     for other in (DENSE, SubnetSpec('channel', 0.25), SubnetSpec('unstructured', 0.8)):
         network.set_active(other)  # e.g. the distiller's dense teacher pass
         for layer in network.layers.values():
             mask = layer.mask_for(other) if other != DENSE else None
             raw = layer.dense_weight
             assert torch.equal(layer.weight, raw if mask is None else raw * mask)
-    clear_transforms(network)
+    clear_forward_weights(network.layers)
     network.set_active(spec)
     assert all(l.weight_transform is None for l in network.layers.values())
     assert all(torch.equal(l.weight, l.dense_weight * l.mask_for(spec))

@@ -1,7 +1,8 @@
 """Co-training schedules: pure functions of the iteration counter."""
 import pytest
 
-from mmsparse.core.methods.schedules import (cocktail_step, polynomial_progress, stage_at,
+from mmsparse.core.methods.schedules import (CocktailSchedule, check_cocktail_options,
+                                             cocktail_step, polynomial_progress, stage_at,
                                              stage_boundaries)
 
 PATTERNS = ('unstructured', 'channel', 'nm')
@@ -64,3 +65,38 @@ def test_ratio_modes():
     assert nm == {0, 1, 2}, 'N:M subnets are all 50%: always sampled among all'
     with pytest.raises(ValueError, match='ratio mode'):
         cocktail_step(1, PATTERNS, COUNTS, 1, 10, 'random')
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(patterns=()), r'patterns must name sparse patterns .* got \[\]'),
+    (dict(patterns=('dense', )), r"patterns must name .* got \['dense'\]"),
+    (dict(patterns=('unstructured', 'chanel')), r"patterns .* got \['unstructured', 'chanel'\]"),
+    (dict(num_stages=0), r'num_stages must be an integer >= 1 \(or None\), got 0'),
+    (dict(num_stages=-2), 'num_stages must be an integer >= 1 .* got -2'),
+    (dict(num_stages=2.5), 'num_stages must be an integer >= 1 .* got 2.5'),
+    (dict(stage_end=1.5), 'stage_start <= stage_end <= 1 .* stage_end=1.5'),
+    (dict(stage_start=0.6, stage_end=0.4), 'stage_start=0.6, stage_end=0.4'),
+    (dict(stage_start=-0.1), 'stage_start=-0.1'),
+    (dict(stage_power=0), 'stage_power must be > 0, got 0'),
+    (dict(ratio_mode='all'), "ratio_mode must be one of .* got 'all'"),
+    (dict(fixed_stage=0), 'fixed_stage must be one of the stages, got 0'),
+    (dict(num_stages=3, fixed_stage=4), r'fixed_stage must be one of 1..3 \(num_stages\), got 4'),
+])
+def test_bad_cocktail_options_fail_naming_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        check_cocktail_options(**options)
+
+
+def test_cocktail_schedule_is_the_stage_and_step_functions_of_one_run():
+    counts = dict(unstructured=3, channel=2)
+    plan = CocktailSchedule(counts, ('unstructured', 'channel'), 100, seed=7)
+    assert plan.num_stages == 3  # the most ratios any pattern has
+    for t in range(100):
+        assert plan.stage_at(t) == stage_at(t, 100, 3)
+        assert plan.step_at(t) == cocktail_step(t, ('unstructured', 'channel'), counts,
+                                                stage_at(t, 100, 3), 3, seed=7)
+    fixed = CocktailSchedule(counts, ('unstructured', ), 100, fixed_stage=2)
+    assert {fixed.stage_at(t) for t in range(100)} == {2}
+    # num_stages taken from the model still bounds fixed_stage
+    with pytest.raises(ValueError, match=r'fixed_stage must be one of 1..3 \(num_stages\), got 4'):
+        CocktailSchedule(counts, ('unstructured', ), 100, fixed_stage=4)

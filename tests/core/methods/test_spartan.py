@@ -8,8 +8,10 @@ from mmsparse.core import SparseNetwork, generate_masks
 from mmsparse.core.methods.allocation import erk_densities
 from mmsparse.core.patterns import SparsitySpecError, keep_count, topk_mask
 from mmsparse.core.methods.soft_topk import soft_topk
-from mmsparse.core.methods.spartan import (SpartanMasker, SpartanSchedule, default_beta_end,
-                                           dual_averaging_weight, flops_costs)
+from mmsparse.core.methods.spartan import (ForwardWeight, SpartanMasker, SpartanSchedule,
+                                           check_spartan_schedule, clear_forward_weights,
+                                           default_beta_end, dual_averaging_weight,
+                                           flops_costs, spartan_forward)
 from tiny_models import FPNLike, Residual, build
 
 
@@ -43,6 +45,17 @@ def test_schedule_rejects_bad_values():
         SpartanSchedule(0.5, 10, anneal_end=0.9, freeze_at=0.8)
     with pytest.raises(ValueError, match='beta'):
         SpartanSchedule(0.5, 10, beta_start=5.0, beta_end=1.0)
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(sparsity=1.0), r'Spartan sparsity must be in \[0, 1\), got 1.0'),
+    (dict(anneal_end=-0.1), 'anneal_end=-0.1'),
+    (dict(freeze_at=1.5), 'anneal_end <= freeze_at <= 1, got anneal_end=0.2, freeze_at=1.5'),
+    (dict(beta_start=-1.0), 'beta_start <= beta_end, got -1.0, 20.0'),
+])
+def test_the_schedule_options_are_checked_without_a_training_length(options, match):
+    with pytest.raises(ValueError, match=match):
+        check_spartan_schedule(**options)
 
 
 # -- allocation ---------------------------------------------------------------------------
@@ -154,15 +167,18 @@ def test_weight_transform_replaces_the_masked_forward_and_store_fills_the_buffer
     net.set_active('unstructured@0.8')
     masked_out = model(x)
     masker = SpartanMasker(net.layers, 'global')
-    masks = masker.masks(0.8, 20.0)
+    masks = spartan_forward(masker, 0.8, 20.0)
     for name, (soft, hard) in masks.items():
         layer = net.layers[name]
-        forward = dual_averaging_weight(layer.dense_weight, soft, hard)
-        layer.weight_transform = lambda w, forward=forward: forward
+        assert isinstance(layer.weight_transform, ForwardWeight)
+        assert torch.equal(layer.weight_transform.weight,
+                           dual_averaging_weight(layer.dense_weight, soft, hard))
     spartan_out = model(x)
     assert not torch.allclose(spartan_out, masked_out)
-    for layer in net.layers.values():
-        layer.weight_transform = None
+    net.set_active('dense')  # without a spec the forward is used under any active subnet
+    assert torch.equal(model(x), spartan_out)
+    net.set_active('unstructured@0.8')
+    clear_forward_weights(net.layers)
     assert torch.equal(model(x), masked_out)  # cleared: the stored mask again
     masker.store(masks, 0.8)
     for name, (_, hard) in masks.items():
@@ -172,14 +188,30 @@ def test_weight_transform_replaces_the_masked_forward_and_store_fills_the_buffer
     assert torch.allclose(model(x), spartan_out.detach(), atol=1e-5)
 
 
+def test_freeze_merges_the_soft_masks_and_stores_the_hard_ones():
+    model, _, x, net = _network(Residual)
+    generate_masks(net, ['unstructured@0.8'])
+    masker = SpartanMasker(net.layers, 'global')
+    spartan_forward(masker, 0.8, 20.0)
+    spartan_out = model(x).detach()
+    clear_forward_weights(net.layers)
+    expected = {n: (net.layers[n].dense_weight.detach() * s.detach(), h)
+                for n, (s, h) in masker.masks(0.8, 20.0).items()}
+    masker.freeze(0.8, 20.0)
+    net.set_active('unstructured@0.8')
+    for name, (weight, hard) in expected.items():
+        layer = net.layers[name]
+        assert torch.allclose(layer.dense_weight.detach(), weight), name
+        assert torch.equal(layer.mask_for('unstructured@0.8'), hard), name
+    assert torch.allclose(model(x), spartan_out, atol=1e-5)
+
+
 def test_masks_are_fp32_under_autocast_when_it_is_disabled_as_the_hook_does():
     _, _, x, net = _network(Residual)
     masker = SpartanMasker(net.layers, 'global')
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        with torch.autocast('cpu', enabled=False):
-            masks = masker.masks(0.5, 10.0)
-            forward = {n: dual_averaging_weight(net.layers[n].dense_weight, s, h)
-                       for n, (s, h) in masks.items()}
+        masks = spartan_forward(masker, 0.5, 10.0)  # disables autocast itself
+    forward = {n: net.layers[n].weight_transform.weight for n in masks}
     assert all(s.dtype == torch.float32 and f.dtype == torch.float32
                for (s, _), f in zip(masks.values(), forward.values()))
     total = sum(l.dense_weight.numel() for l in net.layers.values())

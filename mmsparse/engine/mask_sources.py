@@ -1,14 +1,14 @@
-"""Per-pattern mask sources of :class:`SparseCocktailHook` (Chase's channels, Spartan's
-unstructured masks); the torch-only logic is in :mod:`mmsparse.core.methods.mask_sources`."""
-import torch
-
+"""Per-pattern mask sources of ``SparseCocktailHook`` (Chase's channels, Spartan's
+unstructured masks) on the runner; the torch-only logic is in
+:mod:`mmsparse.core.methods.mask_sources`."""
 from mmsparse.core import generate_masks
-from mmsparse.core.methods.mask_sources import (check_mask_sources, chase_channel_masks,
-                                                clear_transforms, spartan_unstructured_step)
 from mmsparse.core.methods.chase import check_uncoupled
+from mmsparse.core.methods.mask_sources import (check_mask_sources, chase_channel_masks,
+                                                spartan_unstructured_step)
+from mmsparse.core.methods.spartan import (SpartanMasker, SpartanSchedule,
+                                           check_spartan_schedule, clear_forward_weights)
 from mmsparse.core.patterns import SparsitySpecError
-from mmsparse.core.methods.spartan import SpartanMasker, SpartanSchedule
-from ..network import broadcast_masks, require_dense_momentum
+from .network import broadcast_masks
 
 # Options each source accepts (besides ``type``), with their defaults.
 SOURCE_OPTIONS = {
@@ -55,8 +55,10 @@ class CocktailMaskSources:
         self.options = {p: opts for p, (_, opts) in parsed.items()}
         if self.spartan:
             opts = self.options['unstructured']
-            SpartanSchedule(0.5, 1, 0.0, opts['beta_start'], opts['beta_end'],
-                            1.0 if opts['freeze_at'] is None else opts['freeze_at'])
+            check_spartan_schedule(anneal_end=0.0, beta_start=opts['beta_start'],
+                                   beta_end=opts['beta_end'],
+                                   freeze_at=1.0 if opts['freeze_at'] is None
+                                   else opts['freeze_at'])
         if self.chase and not 0.0 <= self.options['channel']['beta'] <= 1.0:
             raise SparsitySpecError(f"mask_sources['channel']: Chase beta must be in [0, 1], "
                                     f"got {self.options['channel']['beta']}")
@@ -84,7 +86,6 @@ class CocktailMaskSources:
             check_uncoupled(network, "mask_sources['channel']='chase'")
         if not self.spartan:
             return
-        require_dense_momentum(runner, "mask_sources['unstructured']='spartan'")
         opts = self.options['unstructured']
         freeze_at = stage_end if opts['freeze_at'] is None else opts['freeze_at']
         # Only β and the freeze come from Spartan's schedule: the trained ratio (Spartan's
@@ -111,7 +112,7 @@ class CocktailMaskSources:
         """Arm Spartan's dual-averaging forward on an unstructured step (else nothing)."""
         if not self.spartan:
             return
-        clear_transforms(network)
+        clear_forward_weights(network.layers)
         it = runner.iter
         hub = runner.message_hub
         if self.schedule.frozen(it):
@@ -124,13 +125,10 @@ class CocktailMaskSources:
         hub.update_scalar('train/spartan_beta', beta)
         if spec.pattern != 'unstructured':
             return
-        device = next(iter(network.layers.values())).dense_weight.device
-        # The soft top-k and the projection run in fp32 even under AMP.
-        with torch.autocast(device_type=device.type, enabled=False):
-            spartan_unstructured_step(network, self.masker, spec, beta,
-                                      self.options['unstructured']['through_mask'])
+        spartan_unstructured_step(network, self.masker, spec, beta,
+                                  self.options['unstructured']['through_mask'])
 
     def after_step(self, network):
         if self.spartan:
-            clear_transforms(network)  # drop the graph; validation sees plain masks
+            clear_forward_weights(network.layers)  # drop the graph; validation sees plain masks
 

@@ -1,0 +1,120 @@
+"""Export one subnet of a sparse detector as a model plain MMDetection runs.
+
+``tools/export_subnet.py`` parses the command line and calls :func:`export_subnet` per
+subnet. Unstructured, N:M, block and dense subnets keep the config's architecture: the masks
+are folded into the weights and an ordinary mmengine checkpoint is written. Channel subnets
+are physically slimmed: the architecture differs from the config's, so the module itself
+is pickled. Beside each model the plain config (``export_config.plain_config``) is written.
+"""
+import contextlib
+import copy
+import os.path as osp
+
+import torch
+
+from mmsparse.core import DENSE, fold_masks, slim_subnet
+from mmsparse.core.batchnorm.recalibration import recalibrated_bn, restore_bn_stats, save_bn_stats
+from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_bn_stats
+from mmsparse.core.export.deploy import (ExportError, measured_sparsity, plain_value,
+                                         semi_structured_needs_half, to_semi_structured)
+from mmsparse.engine.export_config import exported_config_path, plain_config
+from mmsparse.engine.runner.calibration import forward_batches
+from mmsparse.utils.safe_write import atomic_save, atomic_write_text
+
+
+def recalibrate(model, batches):
+    """Re-estimate the exported model's BatchNorm statistics on ``batches`` (momentum kept)."""
+    before = save_bn_stats(model)
+    with recalibrated_bn(model, forward_batches(batches)):
+        calibrated = save_bn_stats(model)
+    restore_bn_stats(model, {n: (*calibrated[n][:3], before[n][3]) for n in calibrated})
+
+
+def export_model(model, network, spec, also):
+    """The exported nn.Module and whether its architecture differs from the config's."""
+    if network is None:
+        if spec != DENSE or also:
+            raise ExportError(f'subnet {spec.name!r} requested, but the checkpoint holds no '
+                              "sparse subnets (no mask buffers): only 'dense' can be exported")
+        return copy.deepcopy(model), False
+    slimmed = any(s.pattern == 'channel' for s in (spec, *also))
+    if slimmed:
+        return slim_subnet(network, spec, also), True
+    return fold_masks(network, [spec, *also]), False
+
+
+def bn_source(recalibrate_bn, model, network, also):
+    """Where the exported model's BatchNorm statistics come from: ``'recalibrated'``
+    (``recalibrate_bn`` batches), ``'stored'`` (the subnet's own, stored in the checkpoint)
+    or ``'trained'``. Stored statistics belong to one subnet, so ``also`` does not use them."""
+    if recalibrate_bn:
+        return 'recalibrated'
+    if network is not None and not also and check_stored_bn_stats(model, network):
+        return 'stored'
+    return 'trained'
+
+
+def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
+                  source_checkpoint, semi_structured=False):
+    """Write subnet ``spec`` (masks of ``also`` ANDed in) to ``out`` and its plain config
+    beside it; both go through a temporary file renamed into place.
+
+    Args:
+        batches: Training batches to recalibrate BatchNorm on (empty: keep the statistics).
+        source_checkpoint: The checkpoint's path, recorded in the exported meta.
+        semi_structured: Convert 2:4 layers to ``torch.sparse`` semi-structured tensors.
+
+    Returns:
+        (the info dict stored under ``meta['mmsparse']``, the config's path).
+    """
+    source = 'recalibrated' if batches else bn_source(0, model, network, also)
+    with stored_bn_stats(network, spec) if source == 'stored' else contextlib.nullcontext():
+        exported, slimmed = export_model(model, network, spec, also)
+    exported.eval()
+    if batches:
+        recalibrate(exported, batches)
+    layer_names = list(network.layers) if network is not None else []
+    dense_counts = {n: network.layers[n].dense_weight.numel() for n in layer_names}
+    info = dict(subnet=spec.name, also=[s.name for s in also],
+                sparsity=measured_sparsity(exported, layer_names, dense_counts),
+                params=sum(p.numel() for p in exported.parameters()),
+                params_nonzero=sum(int((p != 0).sum()) for p in exported.parameters()),
+                params_dense=sum(p.numel() for p in model.parameters()),
+                source_checkpoint=osp.abspath(source_checkpoint),
+                recalibrated_bn_batches=len(batches), bn_stats=source,
+                format='pickled-module' if slimmed or semi_structured else 'state_dict')
+    meta = {k: v for k, v in plain_value(source_meta).items() if not k.startswith('mmsparse')}
+    meta['mmsparse'] = info
+    config_path = exported_config_path(out)
+    plain = plain_config(cfg, None if info['format'] == 'pickled-module' else osp.abspath(out))
+    if semi_structured:
+        _to_semi_structured(exported, layer_names, info, plain)
+    if info['format'] == 'state_dict':
+        atomic_save(dict(meta=meta, state_dict=exported.state_dict()), out)
+    else:
+        # The architecture is no longer the config's: save the module itself (its classes
+        # are torch / MMCV / MMDetection ones) with the plain config for inference_detector.
+        plain.pop('model', None)
+        exported.cfg = plain
+        exported.dataset_meta = meta.get('dataset_meta')
+        atomic_save(dict(meta=meta, model=exported), out)
+    header = (f'# Exported by mmsparse tools/export_subnet.py: subnet {spec.name}'
+              f'{" + " + ",".join(info["also"]) if also else ""} -> {osp.basename(out)} '
+              f'({info["format"]}).\n# Loads with MMDetection alone; see docs/export.md.\n')
+    atomic_write_text(config_path, header + plain.pretty_text)
+    return info, config_path
+
+
+def _to_semi_structured(exported, layer_names, info, plain):
+    exported.cuda()
+    # cuSPARSELt has no fp32 kernels: fp32 layers become fp16, and the exported config
+    # runs inference under fp16 autocast.
+    dtype = torch.float16 if semi_structured_needs_half(exported, layer_names) else None
+    if dtype is not None:
+        info['semi_structured_dtype'] = 'float16'
+        plain.test_cfg = dict(type='TestLoop', fp16=True)
+        plain.val_cfg = dict(type='ValLoop', fp16=True)
+    info['semi_structured'], skipped = to_semi_structured(exported, layer_names, dtype)
+    info['semi_structured_skipped'] = skipped  # layer -> why it stays dense
+    if not info['semi_structured']:
+        raise ExportError(f'no layer could be converted to 2:4 semi-structured: {skipped}')
