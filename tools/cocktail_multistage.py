@@ -4,12 +4,13 @@ Stage 1 trains from scratch (saving the rewind point); every later stage s regen
 masks by unified mask generation from the previous stage's final weights, rewinds the
 weights to the rewind point, and retrains the full schedule training only stage s's ratios
 (``ratio_mode='current'``, dense pivot). With 10 stages this costs about 10 full training
-runs (the paper's ~11x a dense run); mmsparse's default reaches all ratios in one run
-(``configs/_base_/sparsity/cocktail.py``).
+runs (the paper's ~11x a dense run); mmsparse's recipes reach all ratios in one run
+(``configs/_base_/sparsity/cocktail.py``, ``cocktail_paper.py``).
 
 Example::
 
-    python tools/cocktail_multistage.py configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py \\
+    python tools/cocktail_multistage.py \\
+        configs/cocktail/mask-rcnn_r18_fpn_cocktail-paper_600it_shapes.py \\
         --work-dir work_dirs/multistage --stages 10 --rewind-iter 50
 
 The tool refuses a ``--work-dir`` that already holds a multi-stage run (its stage configs)

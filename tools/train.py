@@ -12,6 +12,7 @@ from mmengine.config import Config, DictAction
 import mmsparse.datasets  # noqa: F401  (registers the datasets)
 import mmsparse.engine  # noqa: F401  (registers hooks, allow-lists checkpoint globals)
 from mmsparse.datasets import check_dataset_paths
+from mmsparse.engine.config_options import merge_cfg_options
 from mmsparse.engine.launch import (apply_common_args, apply_resume, build_runner, enable_amp,
                                     set_local_rank, shutdown_distributed)
 
@@ -42,7 +43,7 @@ def main(argv=None):
     setup_cache_size_limit_of_dynamo()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)  # named hook options reach custom_hooks
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
     apply_common_args(cfg, args)
     if args.amp:

@@ -1,3 +1,5 @@
-# Sparse Cocktail on COCO detection: MMDetection's Faster R-CNN R-50 FPN 1x.
+# Sparse Cocktail, the recommended recipe (../_base_/sparsity/cocktail.py), on COCO:
+# MMDetection's Faster R-CNN R-50 FPN 1x (two-stage detection).
 _base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', '../_base_/sparsity/cocktail.py']
-val_cfg = {{_base_.cocktail_val_cfg}}
+custom_hooks = [*_base_.get('custom_hooks', []), *_base_.sparse_hooks]
+val_cfg = _base_.cocktail_val_cfg

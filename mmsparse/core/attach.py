@@ -9,6 +9,7 @@ import fnmatch
 
 import torch
 
+from .batchnorm.recalibration import frozen_batchnorms
 from .graph.dependency import analyze_channels
 from .layers import MASKABLE_TYPES, make_masked, weight_axes
 from .patterns import SparsitySpecError, check_block_shape, check_nm
@@ -19,8 +20,16 @@ class LayerSelectionError(ValueError):
     """A name glob matches no layer, or a selection leaves nothing to sparsify."""
 
 
+def frozen_layers(model, types=MASKABLE_TYPES):
+    """Names of the maskable layers whose weight does not train (``requires_grad`` False,
+    e.g. the stages MMDetection's ``frozen_stages`` freezes when the backbone is built)."""
+    return [name for name, m in model.named_modules() if isinstance(m, types)
+            and not getattr(m, 'dense_weight', m.weight).requires_grad]
+
+
 def select_layers(model, include=('*', ), exclude=(), graph=None, sparsify_input_layers=False,
-                  sparsify_output_layers=False, types=MASKABLE_TYPES):
+                  sparsify_output_layers=False, types=MASKABLE_TYPES,
+                  sparsify_frozen_layers=False):
     """Names of the layers to sparsify.
 
     Args:
@@ -31,6 +40,9 @@ def select_layers(model, include=('*', ), exclude=(), graph=None, sparsify_input
             raw input) and the prediction layers (whose outputs are the model's outputs) stay
             dense unless ``sparsify_input_layers`` / ``sparsify_output_layers`` is set.
         types: Layer types that can be masked.
+        sparsify_frozen_layers: Also mask the layers whose weight does not train
+            (:func:`frozen_layers`). Default: they stay dense, since a weight that cannot
+            move cannot recover from a mask.
 
     Raises:
         LayerSelectionError: naming the glob that matched nothing.
@@ -49,9 +61,15 @@ def select_layers(model, include=('*', ), exclude=(), graph=None, sparsify_input
             chosen = [n for n in chosen if n not in graph.input_layers]
         if not sparsify_output_layers:
             chosen = [n for n in chosen if n not in graph.output_layers]
+    frozen = [] if sparsify_frozen_layers else frozen_layers(model, types)
+    if frozen:
+        chosen = [n for n in chosen if n not in set(frozen)]
     if not chosen:
         raise LayerSelectionError(f'no layer left to sparsify (include={list(include)}, '
-                                  f'exclude={list(exclude)})')
+                                  f'exclude={list(exclude)}'
+                                  + (f', {len(frozen)} frozen layers left dense: '
+                                     'sparsify_frozen_layers=True masks them' if frozen else '')
+                                  + ')')
     return chosen
 
 
@@ -130,15 +148,31 @@ class SparseNetwork:
             channels reach nothing but other layers' inputs.
         graph: A :class:`~.dependency.GraphInfo` already computed for ``model`` (then
             ``run`` is not run and ``channel_groups`` is the graph's).
+        sparsify_frozen_layers: see :func:`select_layers`. The frozen layers the selection
+            leaves dense are listed in ``frozen_dense``.
+
+    ``frozen_bn`` names the frozen BatchNorms (:func:`~.batchnorm.frozen_batchnorms`), read
+    here from the model being trained: a copy of it made for weight averaging (mmengine's
+    EMA model) has ``requires_grad`` False everywhere and would look entirely frozen.
     """
 
     def __init__(self, model, run, include=('*', ), exclude=(), sparsify_input_layers=False,
-                 sparsify_output_layers=False, channel_groups=False, graph=None):
+                 sparsify_output_layers=False, channel_groups=False, graph=None,
+                 sparsify_frozen_layers=False):
         self.model = model
         self.graph = graph if graph is not None else analyze_channels(model, run,
                                                                       couple=channel_groups)
         names = select_layers(model, include, exclude, self.graph, sparsify_input_layers,
-                              sparsify_output_layers)
+                              sparsify_output_layers,
+                              sparsify_frozen_layers=sparsify_frozen_layers)
+        # The layers the selection would have masked but for their frozen weights (the log
+        # names them).
+        self.frozen_bn = tuple(frozen_batchnorms(model))
+        frozen = set() if sparsify_frozen_layers else set(frozen_layers(model))
+        self.frozen_dense = [] if not frozen else [
+            n for n in select_layers(model, include, exclude, self.graph, sparsify_input_layers,
+                                     sparsify_output_layers, sparsify_frozen_layers=True)
+            if n in frozen]
         modules = dict(model.named_modules())
         self.layers = {name: make_masked(modules[name]) for name in names}
         # A group's channels can go only if every layer of the group is masked (the stem,
@@ -269,19 +303,39 @@ def channel_keep(network, subnet, all_layers=False):
     return keep
 
 
-def check_selection(network, subnets, block_shape=(1, 1)):
-    """Raise, before any training, if a subnet is impossible on a selected layer.
+def nm_dense_layers(network, n, m):
+    """The selected layers that stay dense for ``n:m`` sparsity, in layer order.
 
-    Checks N:M divisibility and block tiling per layer, and that channel subnets have at
-    least one removable layer. Errors name the layer.
+    N:M groups ``m`` consecutive weights along the input channels (per kernel position), so a
+    layer whose input channels are not divisible by ``m`` cannot hold the pattern: a
+    depthwise conv (1 input per group), a 4-channel-per-group grouped conv under 1:8, a
+    CoordConv's 258 inputs, a 257-input MaskIoU head.
+    """
+    return [name for name, layer in network.layers.items() if layer.in_channels_count % m]
+
+
+def check_selection(network, subnets, block_shape=(1, 1)):
+    """Raise, before any training, if a subnet is impossible on the selection.
+
+    N:M subnets cover the layers whose input channels ``M`` divides; the others stay dense
+    for them (:func:`nm_dense_layers`; :func:`~.umg.generate_masks` logs their names), even
+    a layer the include globs name one by one, and the error comes only when no selected
+    layer can hold the pattern. Block subnets must tile every selected layer, channel
+    subnets need at least one removable layer. Errors name the layer.
     """
     for spec in subnets:
         spec = parse_subnet(spec)
+        if spec.pattern == 'nm':
+            check_nm(spec.n, spec.m, spec.m, spec.name)  # 0 < N < M
+            if len(nm_dense_layers(network, spec.n, spec.m)) == len(network.layers):
+                name, layer = next(iter(network.layers.items()))
+                raise SparsitySpecError(
+                    f'{spec.name}: no selected layer has input channels divisible by '
+                    f'M={spec.m} (e.g. {name}: {layer.in_channels_count}); select layers that '
+                    'can hold it or drop the subnet')
         for name, layer in network.layers.items():
             where = f'layer {name} ({type(layer).__mro__[2].__name__})'
-            if spec.pattern == 'nm':
-                check_nm(spec.n, spec.m, layer.in_channels_count, where)
-            elif spec.pattern == 'block':
+            if spec.pattern == 'block':
                 check_block_shape(layer.dense_weight.shape, block_shape, layer.out_axis,
                                   layer.in_axis, where)
         if spec.pattern == 'channel' and not network.channel_layers:

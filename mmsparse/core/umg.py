@@ -10,17 +10,20 @@ Order, as in Sparse Cocktail:
    and keep exactly ``C - round(ratio C)`` channels (the published code keeps one fewer);
 4. block: nested magnitude masks over whole (out, in) blocks, per layer.
 
-The same weights and spec always give the same masks (ties break by index).
+The same weights and spec always give the same masks (ties break by index). A layer whose
+input channels ``M`` does not divide stays dense for that N:M subnet (a warning names it).
 """
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from .attach import check_selection
+from .attach import check_selection, nm_dense_layers
 from .patterns import (SparsitySpecError, block_scores, channel_mask, channel_scores_l1,
                        channel_scores_umm, expand_blocks, global_levels, nested_levels, nm_mask)
 from .subnets import parse_subnets
 
+_LOG = logging.getLogger('mmsparse')
 # Sparse Cocktail's channel score weights: sum over a channel of (0.8 U + 0.2 NM) |W|.
 UNSTRUCTURED_WEIGHT, NM_WEIGHT = 0.8, 0.2
 
@@ -84,8 +87,15 @@ def generate_masks(network, subnets, spec=MaskSpec()):
     c_ratios = _ratios(specs, 'channel')
     b_ratios = _ratios(specs, 'block')
 
+    dense_for = {(n, m): set(nm_dense_layers(network, n, m)) for n, m in nm_pairs}
+    for (n, m), names in dense_for.items():
+        if names:
+            _LOG.warning('%d of %d masked layers stay dense for nm@%d:%d (input channels '
+                         'not divisible by %d): %s', len(names), len(layers), n, m, m,
+                         ', '.join(sorted(names)))
     nm_masks = {name: [((n, m), nm_mask(scores[name], n, m, layer.in_axis,
-                                        where=f'layer {name}')) for n, m in nm_pairs]
+                                        where=f'layer {name}'))
+                       for n, m in nm_pairs if name not in dense_for[(n, m)]]
                 for name, layer in layers.items()}
     channel = _channel_masks(network, scores, spec, c_ratios, u_ratios, u_levels, nm_masks)
     for name, layer in layers.items():

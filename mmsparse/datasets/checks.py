@@ -146,8 +146,10 @@ def _configured_classes(ds):
 def _evaluator_ann_files(evaluator):
     """The ``ann_file`` of each evaluator config (a dict or a list of dicts)."""
     for metric in evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]:
-        # format_only: results are only written (e.g. for a test server), no file is read
-        if isinstance(metric, dict) and metric.get('ann_file') and not metric.get('format_only'):
+        # format_only: results are only written (e.g. for a test server), no file is read;
+        # a URI (s3://...) is read through a file backend, not from the local disk
+        if (isinstance(metric, dict) and metric.get('ann_file') and not metric.get('format_only')
+                and '://' not in str(metric['ann_file'])):
             yield metric['ann_file']
 
 

@@ -16,6 +16,7 @@ from mmsparse.core.batchnorm.stored_stats import PREFIX as STORED_BN_PREFIX
 from mmsparse.core.batchnorm.stored_stats import register_stored_bn_stats
 from mmsparse.core.batchnorm.switchable import SLOT_PREFIX as SWITCHABLE_PREFIX
 from mmsparse.models import attach_network, sparsify_checkpoint_layers
+from .config_options import merge_cfg_options
 
 
 def masked_layer_names(state_dict):
@@ -142,6 +143,54 @@ def checkpoint_subnet_names(state):
     return [s.name for s in sorted(specs, key=lambda s: s.sort_key)]
 
 
+def reconcile_checkpoint_subnets(state, subnets, resume):
+    """Compare the subnets a training checkpoint's masks hold with the config's ``subnets``.
+
+    Resuming continues the same run, so different subnets are an error naming both lists.
+    ``load_from`` starts a new run from the checkpoint's weights: its masks are removed from
+    ``state`` (in place) so that masks for ``subnets`` are generated from those weights.
+
+    Returns:
+        The checkpoint's sparse subnet names when its masks were removed, else [].
+    """
+    held = sorted(n for n in checkpoint_subnet_names(state) if n != DENSE.name)
+    wanted = sorted(s.name for s in subnets if s != DENSE)
+    if not held or held == wanted:
+        return []
+    if resume:
+        raise ValueError(
+            'mmsparse: cannot resume: the checkpoint holds masks for the subnets '
+            f'[{", ".join(held)}], but the config\'s SparseSubnetsHook lists '
+            f'[{", ".join(wanted)}]. Resuming continues the same run, with its subnets: '
+            'set the config\'s subnets to the checkpoint\'s, or start a new run from its '
+            'weights with load_from=<checkpoint> (without --resume) to generate masks for '
+            'the config\'s subnets.')
+    for key in [k for k in state if is_mask_key(k)]:
+        del state[key]
+    return held
+
+
+def check_checkpoint_layers(state, network, subnets):
+    """Fail when a checkpoint holding masks for the config's ``subnets`` masks other layers
+    than the config selects (e.g. it was trained with other include/exclude globs or with
+    ``sparsify_frozen_layers``): mmengine would drop the masks of the layers the config
+    leaves dense, silently, and evaluate other subnets than were trained."""
+    held = masked_layer_names(state)
+    same_subnets = (sorted(checkpoint_subnet_names(state))
+                    == sorted({DENSE.name, *(s.name for s in subnets)}))
+    if not held or not same_subnets or set(held) == set(network.layers):
+        return
+    only_ckpt = sorted(set(held) - set(network.layers))
+    only_cfg = sorted(set(network.layers) - set(held))
+    raise ValueError(
+        'mmsparse: the checkpoint masks other layers than the config selects: '
+        f'{len(only_ckpt)} only in the checkpoint (e.g. {", ".join(only_ckpt[:3]) or "-"}), '
+        f'{len(only_cfg)} only in the config (e.g. {", ".join(only_cfg[:3]) or "-"}). '
+        'Use the config the checkpoint was trained with (its SparseSubnetsHook options: '
+        'include, exclude, sparsify_*_layers), or set SparseSubnetsHook(subnets=None) to '
+        'take the masked layers from the checkpoint.')
+
+
 def checkpoint_state(path):
     """The state dict of checkpoint ``path`` (see ``read_checkpoint``)."""
     return read_checkpoint(path)[0]
@@ -170,10 +219,10 @@ def register_checkpoint_bn_stats(model, state):
     """Give ``model`` the buffers that load a checkpoint state dict's stored per-subnet
     BatchNorm statistics, when it holds some (otherwise they would be dropped as
     unexpected keys)."""
-    stored = [v.shape[0] for k, v in state.items()
-              if k.endswith('.' + STORED_BN_PREFIX + 'running_mean')]
-    if stored:
-        register_stored_bn_stats(model, stored[0])
+    suffix = '.' + STORED_BN_PREFIX + 'running_mean'
+    stored = {k[:-len(suffix)]: v.shape[0] for k, v in state.items() if k.endswith(suffix)}
+    if stored:  # the BatchNorms the checkpoint stores (frozen ones only if it was asked to)
+        register_stored_bn_stats(model, next(iter(stored.values())), names=list(stored))
 
 
 def holds_masks(network):
@@ -185,7 +234,7 @@ def tool_config(args):
     checking that the checkpoint exists (before anything slow is built)."""
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)  # named hook options reach custom_hooks
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     return cfg

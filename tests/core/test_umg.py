@@ -1,9 +1,12 @@
 """Unified mask generation: exact sparsity, nesting, determinism, guidance, errors."""
+import logging
+
 import pytest
 import torch
 
 from mmsparse.core import (LayerSelectionError, MaskSpec, SparseNetwork, SparsitySpecError,
                            SubnetNameError, generate_masks, is_mask_key, select_layers)
+from mmsparse.core.attach import nm_dense_layers
 from mmsparse.core.patterns import channel_mask, channel_scores_guided, keep_count
 from mmsparse.core.subnets import parse_subnet
 from tiny_models import FPNLike, LinearHead, Residual, build
@@ -107,14 +110,44 @@ def test_impossible_subnets_fail_before_any_mask_is_written():
             return self.c(self.b(self.a(x)))
     x = torch.randn(1, 3, 4, 4)
     net = SparseNetwork(Odd(), lambda m: m(x))
-    with pytest.raises(SparsitySpecError, match=r'layer b \(Conv2d\): 6 input channels are '
-                                                r'not divisible by M=4'):
+    with pytest.raises(SparsitySpecError, match=r'nm@2:4: no selected layer has input '
+                                                r'channels divisible by M=4 \(e.g. b: 6\)'):
         generate_masks(net, ['unstructured@0.5', 'nm@2:4'])
     assert net.layers['b'].mask_unstructured_ratios.numel() == 0
     with pytest.raises(SubnetNameError, match='cannot parse'):
         generate_masks(net, ['unstructured@50%'])
     with pytest.raises(SparsitySpecError, match="unstructured_scope must be"):
         MaskSpec(unstructured_scope='model')
+
+
+def test_nm_leaves_layers_it_cannot_cover_dense_and_logs_them(caplog):
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 1)
+            self.b = torch.nn.Conv2d(8, 6, 1)  # 8 inputs: 2:4 fits
+            self.c = torch.nn.Conv2d(6, 8, 1)  # 6 inputs: 2:4 does not
+            self.d = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)  # depthwise: 1 input
+            self.head = torch.nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.d(self.c(self.b(self.stem(x)))))
+    x = torch.randn(1, 3, 4, 4)
+    net = SparseNetwork(Mixed(), lambda m: m(x))
+    assert nm_dense_layers(net, 2, 4) == ['c', 'd']
+    logger = logging.getLogger('mmsparse')
+    logger.addHandler(caplog.handler)  # the core's logger does not propagate under mmsparse
+    try:
+        with caplog.at_level(logging.INFO, logger='mmsparse'):
+            generate_masks(net, ['nm@2:4', 'unstructured@0.5'])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert '2 of 3 masked layers stay dense for nm@2:4' in caplog.text
+    assert 'c, d' in caplog.text
+    assert net.layers['b'].mask_for('nm@2:4').float().mean() == 0.5
+    assert net.layers['c'].mask_for('nm@2:4') is None
+    assert net.layers['d'].mask_for('unstructured@0.5') is not None
+    assert [s.name for s in net.subnets()] == ['dense', 'unstructured@0.50', 'nm@2:4']
 
 
 def test_unknown_subnet_lists_valid_ones():

@@ -20,10 +20,13 @@ from mmsparse.models import sparsify_detector
 ITERS = 12
 
 
-def _config(tmp_path, extra=''):
+def _config(tmp_path, extra='', fragment='cocktail_paper.py'):
+    """The tiny detector with a cocktail fragment: by default the paper's dense-pivot
+    recipe; ``fragment='cocktail.py'``: the recommended one."""
     cfg = tmp_path / 'cocktail_tiny.py'
     cfg.write_text(textwrap.dedent(f'''
-        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/cocktail.py']
+        _base_ = ['{TINY_CONFIG}', '{REPO}/configs/_base_/sparsity/{fragment}']
+        custom_hooks = _base_.sparse_hooks
         train_cfg = dict(max_iters={ITERS}, val_interval=1000)
         default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=2))
         log_processor = dict(window_size=2)
@@ -67,21 +70,20 @@ def test_stage_boundaries_regenerate_masks_from_current_weights(uninterrupted):
         assert any(not torch.equal(before[k], after[k]) for k in before), t
 
 
-# The options of the config docs/results.md recommends for accuracy
-# (...-joint-split-ste-unlocked-nm2-dense2_shapes.py) on the tiny detector: a joint step on
-# split batches, straight-through sparse passes, sampled ratios, N:M twice in the cycle.
+# The recommended recipe (configs/_base_/sparsity/cocktail.py: a joint step on split
+# batches, straight-through sparse passes, sampled ratios, N:M twice in the cycle, stored
+# per-subnet BatchNorm statistics) on the tiny detector; the statistics on 2 batches.
 RECOMMENDED = textwrap.dedent('''
-    custom_hooks = _base_.custom_hooks
-    custom_hooks[1].update(ratio_mode='unlocked', straight_through=True,
-                           patterns=('unstructured', 'channel', 'nm', 'nm'),
-                           joint_dense=dict(split_batch=True, weight=2.0))
+    subnet_bn_stats = dict(_base_.subnet_bn_stats, batches=2)
+    custom_hooks = [_base_.sparse_subnets, _base_.sparse_cocktail, _base_.rng_state,
+                    subnet_bn_stats]
 ''')
 
 
 @pytest.fixture(scope='module')
 def recommended(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp('cocktail_recommended')
-    cfg = _config(root, RECOMMENDED)
+    cfg = _config(root, RECOMMENDED, fragment='cocktail.py')
     return root, cfg, train(cfg, root / 'a')
 
 
@@ -93,6 +95,7 @@ def test_recommended_options_take_effect(recommended):
                for x in log.splitlines() if 'mmsparse: iteration' in x and ' trained ' in x}
     assert len(trained) >= 4 and all(cycle[t % 4] == p for t, p in trained.items()), trained
     assert 'and dense (dense weight 2, split batch)' in log
+    assert 'stored the BatchNorm statistics of 24 subnets' in log
 
 
 @pytest.mark.parametrize('run', ['uninterrupted', 'recommended'])
@@ -127,7 +130,7 @@ def test_two_gloo_processes_agree_on_masks_subnets_and_stored_bn_stats(tmp_path,
     the stored statistics rank 0's everywhere."""
     cfg = _config(tmp_path, textwrap.dedent('''
         custom_imports = dict(imports=['subnet_trace_hook'])
-        custom_hooks = [*_base_.custom_hooks, dict(type='SubnetTraceHook'),
+        custom_hooks = [*_base_.sparse_hooks, dict(type='SubnetTraceHook'),
                         dict(type='mmsparse.SubnetBNStatsHook', batches=1)]
         train_cfg = dict(max_iters=6, val_interval=1000)
     '''))

@@ -65,3 +65,20 @@ def test_test_tool_path_finds_masks_of_either_checkpoint(saved, name):
     saved_layers = {k[:-len('.mask_unstructured_ratios')] for k in state
                     if k.endswith('.mask_unstructured_ratios')}
     assert set(network.layers) == saved_layers
+
+
+def test_a_checkpoint_masking_other_layers_than_the_config_is_refused(saved):
+    """A training config that selects other layers than the checkpoint was trained with
+    (tools/test.py with that config): mmengine would drop the extra layers' masks silently."""
+    cfg, state, _ = saved
+    from mmsparse.core import parse_subnets
+    from mmsparse.engine.sparse_checkpoint import check_checkpoint_layers
+    model = MODELS.build(cfg.model)
+    same = sparsify_detector(model)
+    check_checkpoint_layers(state, same, parse_subnets(SUBNETS))  # same selection: fine
+    fewer = sparsify_detector(MODELS.build(cfg.model), exclude=['backbone.layer1.*'])
+    with pytest.raises(ValueError, match=r'masks other layers than the config selects: \d+ '
+                                         r'only in the checkpoint \(e.g. backbone.layer1'):
+        check_checkpoint_layers(state, fewer, parse_subnets(SUBNETS))
+    # Other subnets: a new run from the weights (load_from); its masks are not loaded.
+    check_checkpoint_layers(state, fewer, parse_subnets(['dense', 'channel@0.30']))

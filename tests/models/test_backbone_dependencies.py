@@ -24,8 +24,9 @@ def test_grouped_bottlenecks(name):
     # conv1 feeds the grouped conv2: removing one of its channels would unbalance the groups.
     assert not graph.channels[f'{block}.conv1'].removable
     assert 'grouped conv' in graph.channels[f'{block}.conv1'].reason
-    # conv2 (grouped) feeds only conv3: removable, with its BatchNorm as follower.
-    assert graph.channels[f'{block}.conv2'].removable
+    # conv2 (grouped) feeds only conv3, but its own channels could go only group by group.
+    assert not graph.channels[f'{block}.conv2'].removable
+    assert 'grouped conv (groups=' in graph.channels[f'{block}.conv2'].reason
     assert graph.channels[f'{block}.conv2'].consumers == [f'{block}.conv3']
     assert graph.channels[f'{block}.conv2'].followers == [f'{block}.bn2']
     # conv3 and the downsample conv feed the residual add.

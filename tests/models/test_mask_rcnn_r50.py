@@ -56,10 +56,14 @@ def test_structure_defaults(r50):
     for head in ('rpn_head.rpn_cls', 'rpn_head.rpn_reg', 'roi_head.bbox_head.fc_cls',
                  'roi_head.bbox_head.fc_reg', 'roi_head.mask_head.conv_logits'):
         assert head not in names
+    # MMDetection's R-50 config freezes the stem and layer1 (frozen_stages=1): a mask there
+    # could never be recovered from, so those layers stay dense by default.
+    assert not any(n.startswith('backbone.layer1.') for n in names)
+    assert set(net.frozen_dense) >= {'backbone.layer1.0.conv1', 'backbone.layer1.0.conv3'}
     removable = set(net.channel_layers)
-    assert {'backbone.layer1.0.conv1', 'backbone.layer3.2.conv2', 'rpn_head.rpn_conv',
+    assert {'backbone.layer2.0.conv1', 'backbone.layer3.2.conv2', 'rpn_head.rpn_conv',
             'roi_head.bbox_head.shared_fcs.0', 'roi_head.mask_head.upsample'} <= removable
-    for coupled in ('backbone.layer1.0.conv3', 'backbone.layer1.0.downsample.0',
+    for coupled in ('backbone.layer2.0.conv3', 'backbone.layer2.0.downsample.0',
                     'neck.lateral_convs.0.conv', 'neck.fpn_convs.1.conv'):
         assert coupled in names and coupled not in removable
     # MMCV's ConvModule wraps MMCV's Conv2d subclass in the neck: still masked, same names.

@@ -227,12 +227,14 @@ def test_plain_config_of_a_cocktail_config():
     becomes one with MMDetection types only."""
     from mmengine.config import Config
     tool = _tool()
-    cfg = Config.fromfile(str(REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py'))
+    cfg = Config.fromfile(
+        str(REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_600it_shapes.py'))
     assert cfg.val_cfg.type == 'mmsparse.SubnetValLoop' and 'cocktail_val_cfg' in cfg
     plain = tool.plain_config(cfg, '/x/u50.pth')
     assert not list(tool.find_mmsparse_types(plain._cfg_dict.to_dict()))
     assert plain.custom_hooks == [] and plain.val_cfg.type == 'ValLoop'
-    assert 'cocktail_val_cfg' not in plain and plain.load_from == '/x/u50.pth'
+    assert 'cocktail_val_cfg' not in plain and 'sparse_hooks' not in plain
+    assert plain.load_from == '/x/u50.pth'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         dataset = plain[loader].dataset
         assert dataset.type == 'CocoDataset' and dataset.metainfo['classes'][0] == 'circle'

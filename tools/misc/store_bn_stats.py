@@ -7,7 +7,8 @@ each subnet's BatchNorm statistics are re-estimated on the first N training batc
 
 Example::
 
-    python tools/misc/store_bn_stats.py configs/cocktail/mask-rcnn_r18_fpn_cocktail_shapes.py \\
+    python tools/misc/store_bn_stats.py \\
+        configs/cocktail/mask-rcnn_r18_fpn_cocktail-paper_600it_shapes.py \\
         work_dirs/cocktail/iter_600.pth --batches 20 --out work_dirs/cocktail/iter_600_bn.pth
 
 ``--out`` may not be an input and may not exist unless ``--force`` is given.

@@ -19,9 +19,43 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def batchnorms(model):
-    """``{name: module}`` of every BatchNorm layer."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+def batchnorms(model, include_frozen_bn=True, frozen=None):
+    """``{name: module}`` of every BatchNorm layer; without the frozen ones when
+    ``include_frozen_bn`` is False: those named in ``frozen``, or by default those
+    :func:`frozen_batchnorms` finds."""
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    if not include_frozen_bn:
+        frozen = set(frozen_batchnorms(model) if frozen is None else frozen)
+        norms = {n: m for n, m in norms.items() if n not in frozen}
+    return norms
+
+
+def frozen_batchnorms(model):
+    """``{name: module}`` of the BatchNorm layers that training leaves unchanged.
+
+    A BatchNorm is frozen when
+
+    * it sits in a module whose ``norm_eval`` attribute is true (MMDetection's backbones:
+      their ``train()`` puts every BatchNorm below them back in eval mode, so the running
+      statistics keep their pretrained values), or
+    * it has affine parameters and none of them requires a gradient
+      (``norm_cfg=dict(type='BN', requires_grad=False)``, or a stage frozen by
+      ``frozen_stages``, which also keeps its BatchNorms in eval mode).
+
+    Both are set when the model is built (MMDetection's ResNet freezes its stages in
+    ``__init__`` as well as in ``train()``), so this holds before the first ``train()``.
+    Read by attribute, without importing MMDetection.
+    """
+    roots = [n for n, m in model.named_modules() if getattr(m, 'norm_eval', False) is True]
+    frozen = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, _BatchNorm):
+            continue
+        params = [p for p in (module.weight, module.bias) if p is not None]
+        under_eval = any(r == '' or name == r or name.startswith(r + '.') for r in roots)
+        if under_eval or (params and not any(p.requires_grad for p in params)):
+            frozen[name] = module
+    return frozen
 
 
 def live_tensor(bn, name):
@@ -89,17 +123,22 @@ def restore_bn_stats(model, saved):
 
 
 @contextlib.contextmanager
-def recalibrated_bn(model, forward_batches):
+def recalibrated_bn(model, forward_batches, include_frozen_bn=False, frozen=None):
     """Re-estimate BatchNorm statistics with ``forward_batches(model)``; restore on exit.
 
     Statistics are reset and accumulated as an exact average over the batches
     (``momentum=None``). Only the BatchNorm layers are put in training mode, so dropout and
-    heads keep their eval behaviour.
+    heads keep their eval behaviour. Frozen BatchNorms (:func:`frozen_batchnorms`) keep
+    their statistics and mode: the model was trained with them as they are. When every
+    BatchNorm is frozen, ``forward_batches`` is not run.
 
     Args:
         model: The network (its active subnet is the one recalibrated).
         forward_batches: Callable running the model on the calibration batches, e.g.
             ``lambda m: [m.predict(x) for x in batches]``. Called under ``no_grad``.
+        include_frozen_bn: Re-estimate the frozen BatchNorms too.
+        frozen: Names of the frozen BatchNorms when the model's own flags do not tell
+            (e.g. ``SparseNetwork.frozen_bn`` for an EMA copy); default: found in ``model``.
     """
     # Not torch.optim.swa_utils.update_bn, which does the same averaging but calls
     # ``model(batch[0])`` (a detector needs its data preprocessor and ``predict`` with the
@@ -107,15 +146,16 @@ def recalibrated_bn(model, forward_batches):
     # would take their training branches, dropout would drop); the batches here are a
     # callable and only the BatchNorms train.
     saved = save_bn_stats(model)
-    norms = batchnorms(model)
+    norms = batchnorms(model, include_frozen_bn, frozen)
     modes = {n: m.training for n, m in norms.items()}
     try:
         for module in norms.values():
             module.reset_running_stats()
             module.momentum = None
             module.train()
-        with torch.no_grad():
-            forward_batches(model)
+        if norms:
+            with torch.no_grad():
+                forward_batches(model)
         for name, module in norms.items():
             module.train(modes[name])
         yield

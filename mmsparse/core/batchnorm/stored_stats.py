@@ -15,6 +15,10 @@ checkpoint whose row count differs from its subnet count is an error. The live
 ``running_mean`` / ``running_var`` stay what training left: :func:`stored_bn_stats` puts a
 subnet's rows in place for the length of a ``with`` block and restores them on exit.
 
+Frozen BatchNorms (:func:`~.recalibration.frozen_batchnorms`: ``norm_eval=True`` or
+affine parameters without gradients) get no rows unless asked: every subnet uses the
+statistics they were loaded with.
+
 The statistics fit the weights they were estimated with: training further makes them stale,
 so only the end of training (or a tool run on the final checkpoint) should store them.
 """
@@ -27,26 +31,42 @@ STORED = ('running_mean', 'running_var')
 PREFIX = 'subnet_'
 
 
-def _with_stats(model):
+def _with_stats(model, include_frozen_bn=True, frozen=None):
     """``{name: BN}`` of the BatchNorm layers that track running statistics."""
-    return {n: m for n, m in batchnorms(model).items() if m.running_mean is not None}
+    return {n: m for n, m in batchnorms(model, include_frozen_bn, frozen).items()
+            if m.running_mean is not None}
+
+
+def _stored(model):
+    """``{name: BN}`` of the BatchNorm layers that hold stored-stat rows."""
+    return {n: m for n, m in _with_stats(model).items() if hasattr(m, PREFIX + STORED[0])}
 
 
 def stored_bn_count(model):
     """How many subnets' statistics the model's BatchNorms store (0 when none)."""
-    counts = {getattr(m, PREFIX + STORED[0]).shape[0]
-              for m in _with_stats(model).values() if hasattr(m, PREFIX + STORED[0])}
+    counts = {getattr(m, PREFIX + STORED[0]).shape[0] for m in _stored(model).values()}
     if len(counts) > 1:
         raise ValueError(f'stored BatchNorm statistics disagree on the subnet count: {counts}')
     return counts.pop() if counts else 0
 
 
-def register_stored_bn_stats(model, count):
-    """Give every BatchNorm with running statistics ``(count, C)`` stored-stat buffers, each
+def register_stored_bn_stats(model, count, names=None, include_frozen_bn=False):
+    """Give BatchNorms with running statistics ``(count, C)`` stored-stat buffers, each
     row a copy of the live statistics until a checkpoint or :func:`store_subnet_bn_stats`
     fills it (register before loading a checkpoint that holds them, so they load instead of
-    being dropped)."""
-    for bn in _with_stats(model).values():
+    being dropped).
+
+    Args:
+        model: The network.
+        count: Rows per BatchNorm (the number of subnets).
+        names: The BatchNorms to give rows (e.g. those a checkpoint stores; names the model
+            lacks are ignored). Default: every one that is not frozen.
+        include_frozen_bn: Without ``names``, the frozen BatchNorms get rows too.
+    """
+    norms = _with_stats(model, include_frozen_bn)
+    if names is not None:
+        norms = {n: m for n, m in _with_stats(model).items() if n in set(names)}
+    for bn in norms.values():
         add_rows(bn, PREFIX, STORED, count)
 
 
@@ -68,7 +88,7 @@ def check_stored_bn_stats(model, network):
     return count
 
 
-def store_subnet_bn_stats(network, forward_batches, progress=None):
+def store_subnet_bn_stats(network, forward_batches, progress=None, include_frozen_bn=False):
     """Estimate and store every subnet's BatchNorm statistics (in place).
 
     Each subnet of ``network.subnets()`` is made active and its statistics re-estimated
@@ -80,18 +100,28 @@ def store_subnet_bn_stats(network, forward_batches, progress=None):
         forward_batches: Callable running the model on the calibration batches (the same
             batches for every subnet).
         progress: Optional callable called with each subnet after it is stored.
+        include_frozen_bn: Store (re-estimate) the frozen BatchNorms' statistics too.
+            Which are frozen is ``network.frozen_bn``'s, read from the trained model (so
+            ``network`` may be an EMA copy's).
 
     Returns:
-        list[SubnetSpec]: the subnets, in row order.
+        list[SubnetSpec]: the subnets, in row order. When no BatchNorm with statistics is
+        left (none, or every one frozen), nothing is stored and ``forward_batches`` is not
+        run (:func:`stored_bn_count` is then 0).
     """
     model, specs, active = network.model, network.subnets(), network.active
-    if stored_bn_count(model) != len(specs):
-        register_stored_bn_stats(model, len(specs))
-    norms = _with_stats(model).values()
+    frozen = network.frozen_bn
+    norms = _with_stats(model, include_frozen_bn, frozen)
+    if stored_bn_count(model) != len(specs) or set(_stored(model)) != set(norms):
+        drop_stored_bn_stats(model)  # e.g. rows a checkpoint stored for other BatchNorms
+        if not norms:
+            return specs
+        register_stored_bn_stats(model, len(specs), names=list(norms))
+    norms = norms.values()
     try:
         for row, spec in enumerate(specs):
             network.set_active(spec)
-            with recalibrated_bn(model, forward_batches):
+            with recalibrated_bn(model, forward_batches, include_frozen_bn, frozen):
                 live, (rows, ) = row_views(norms, PREFIX, STORED, row)
                 copy_all(rows, live)
             if progress is not None:
@@ -115,7 +145,7 @@ def stored_bn_stats(network, spec):
     row = network.subnets().index(network.resolve(spec))
     saved = save_bn_stats(model)
     try:
-        live, (rows, ) = row_views(_with_stats(model).values(), PREFIX, STORED, row)
+        live, (rows, ) = row_views(_stored(model).values(), PREFIX, STORED, row)
         copy_all(live, rows)
         yield
     finally:

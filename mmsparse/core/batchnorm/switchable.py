@@ -19,6 +19,9 @@ parameters and buffers, in place (``.data.copy_``), so DDP and the optimizer kee
 same tensors. :meth:`SwitchableBatchNorm.sync` copies the live values into their slot, so the
 slot buffers are complete whenever it is called before a checkpoint is written.
 
+Frozen BatchNorms (:func:`~.recalibration.frozen_batchnorms`) get no slots unless asked
+(``include_frozen_bn``): they are shared by every subnet, as trained.
+
 Optimizer state: the optimizer holds one state per BN *parameter* (e.g. SGD momentum), which
 is therefore shared by the slots unless the caller swaps it; :class:`OptimizerStateSlots`
 does that (mmsparse's AST hook uses it by default).
@@ -96,17 +99,22 @@ class SwitchableBatchNorm:
             the order given. A subnet not listed (e.g. ``dense`` when only sparse subnets are
             trained) uses slot 0.
         exclude: BatchNorm module names to leave shared.
+        include_frozen_bn: Give the frozen BatchNorms
+            (:func:`~.recalibration.frozen_batchnorms`) slots too. Default: they stay
+            shared, with the values they were loaded with; when every BatchNorm is frozen
+            nothing switches.
 
     Raises:
         SubnetNameError: a name that is not a subnet name, or one listed twice.
+        ValueError: the model has no BatchNorm layer.
     """
 
-    def __init__(self, model, names, exclude=()):
+    def __init__(self, model, names, exclude=(), include_frozen_bn=False):
         self.names = [s.name for s in sorted(parse_subnets(names), key=lambda s: s.sort_key)]
-        self.norms = {n: m for n, m in batchnorms(model).items()
-                      if n not in set(exclude) and _slotted(m)}
-        if not self.norms:
+        if not any(_slotted(m) for m in batchnorms(model).values()):
             raise ValueError('switchable BatchNorm: the model has no BatchNorm layer')
+        self.norms = {n: m for n, m in batchnorms(model, include_frozen_bn).items()
+                      if n not in set(exclude) and _slotted(m)}
         for bn in self.norms.values():
             add_slots(bn, len(self.names))
 
@@ -116,6 +124,8 @@ class SwitchableBatchNorm:
 
     @property
     def live_slot(self):
+        if not self.norms:
+            return 0  # nothing switches: every subnet uses the shared BatchNorms
         return int(getattr(next(iter(self.norms.values())), SLOT_PREFIX + 'index'))
 
     def _tensors(self, *slots):

@@ -47,10 +47,34 @@ def _as_specs(network, subnets):
     return specs
 
 
+def _cached_graph_tensors(model):
+    """``{id: detached copy}`` of the tensors with autograd history that modules keep as
+    plain attributes (e.g. a dense head's ``_raw_positive_infos`` after a loss forward),
+    which ``copy.deepcopy`` refuses; the copy holds them detached."""
+    memo, stack = {}, [v for m in model.modules() for k, v in vars(m).items()
+                       if k not in ('_parameters', '_buffers', '_modules')]
+    seen = set()
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return memo
+
+
 def _copy_model(network):
     # The attached SparseNetwork (and its graph) must not be copied along: mapping it to
     # None in deepcopy's memo drops it, then the attribute is removed.
-    model = copy.deepcopy(network.model, memo={id(network): None})
+    memo = _cached_graph_tensors(network.model)
+    memo[id(network)] = None
+    model = copy.deepcopy(network.model, memo=memo)
     model.__dict__.pop(_NETWORK_ATTRIBUTE, None)
     return model
 
@@ -182,6 +206,13 @@ def _check_keep(modules, graph, keep):
             raise SlimmingError(f'{name!r} is not a weighted layer of the analysed model')
         if not info.removable:
             raise SlimmingError(f'cannot remove output channels of {name}: {info.reason}')
+        # Checked here too: a graph from elsewhere may call grouped layers removable.
+        for layer in (name, *info.consumers):
+            groups = getattr(modules[layer], 'groups', 1)
+            if groups != 1:
+                raise SlimmingError(
+                    f'cannot remove output channels of {name}: {layer} is a grouped conv '
+                    f'(groups={groups}), whose channels go only a whole group at a time')
         count = modules[name].weight.shape[weight_axes(modules[name])[0]]
         if kept.dtype != torch.bool or kept.shape != (count, ):
             raise SlimmingError(f'keep[{name!r}] must be a bool tensor of shape ({count},), got '

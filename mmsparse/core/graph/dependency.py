@@ -13,6 +13,9 @@ each weighted layer's and each norm's call with forward hooks, and walk the auto
 * anything else (add, cat, mul, view, a group/layer norm, RoIAlign, a loss, the model's
   output) couples the channel to something else: the layer is not removable.
 
+A grouped conv (depthwise ones too) is never removable: its output channels could go only
+a whole group at a time, with the input channels that feed that group.
+
 This is the technique of dependency-graph pruning libraries, here on torch's own autograd
 graph so it works on MMDetection's data-dependent forwards, which ``torch.fx`` cannot trace.
 No per-model tables. The same walk yields the layers that consume the raw input (the stem)
@@ -248,10 +251,15 @@ def analyze_channels(model, run, layer_types=MASKABLE_TYPES, norm_types=(_BatchN
         if _walk_forward(call, owner, consumers, roots, info, tuple(layer_types),
                          tuple(passthrough_norm_types), walks[call.name]):
             output_layers.add(call.name)
-    for info in channels.values():
+    modules = dict(model.named_modules())
+    for name, info in channels.items():
         if info.removable and not info.consumers:
             info.block('its output feeds no other layer')
-    form_groups(channels, order, walks, outputs, constants, dict(model.named_modules()))
+        groups = getattr(modules[name], 'groups', 1)
+        if groups != 1:  # an output channel belongs to a group: slicing one unbalances it
+            info.block(f'it is a grouped conv (groups={groups}), whose output channels can '
+                       'go only group by group, with the input channels feeding them')
+    form_groups(channels, order, walks, outputs, constants, modules)
     return GraphInfo(channels, input_layers, output_layers, order, couple)
 
 

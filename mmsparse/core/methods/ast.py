@@ -300,11 +300,12 @@ class ASTMasker:
             sparsities = [gradual_sparsity(iteration, self.max_iters, s.ratio, **self.prune)
                           for s in unstructured]
             levels = scheduled_levels(scores, sparsities, self.scope)
+        # As in generate_masks, a layer whose input channels M does not divide stays dense.
         for name, layer in self.layers.items():
             layer.set_masks(
                 unstructured=([s.ratio for s in unstructured], levels[name]) if levels else None,
                 nm=[((s.n, s.m), nm_mask(scores[name], s.n, s.m, layer.in_axis, name))
-                    for s in nm] if nm else None)
+                    for s in nm if layer.in_channels_count % s.m == 0] if nm else None)
 
     def capture(self):
         """Make the active subnet's cached masks leaves that require grad: the backward then

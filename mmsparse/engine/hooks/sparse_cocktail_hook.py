@@ -9,6 +9,7 @@ from mmsparse.models.joint_dense import JointDenseLoss, dense_part
 from mmsparse.registry import HOOKS
 from ..mask_sources import CocktailMaskSources
 from ..network import broadcast_masks, required_network, unwrap
+from ..stability import check_finite_loss, prepare_joint_step
 
 
 @HOOKS.register_module()
@@ -22,7 +23,7 @@ class SparseCocktailHook(Hook):
     every stage boundary all masks are regenerated from the current weights by unified
     mask generation (or, per pattern, by Chase or Spartan: ``mask_sources``). Everything
     is a function of the iteration counter, so all ranks agree and ``--resume`` continues
-    exactly.
+    exactly. A non-finite loss stops the run at once (:mod:`mmsparse.engine.stability`).
 
     Args:
         patterns: Sparse patterns in cycle order; default: those the model holds, in the
@@ -43,18 +44,17 @@ class SparseCocktailHook(Hook):
         mask_sources: Which method makes each pattern's masks, e.g.
             ``dict(channel='chase', unstructured='spartan')`` or with options
             ``dict(channel=dict(type='chase', beta=0.3))``; unnamed patterns (and None, the
-            default) use UMG. See :mod:`mmsparse.engine.mask_sources` and
-            ``docs/mask_sources.md``.
+            default) use UMG. See ``docs/mask_sources.md``.
         joint_dense: True or e.g. ``dict(weight=1.0, split_batch=False)``: every iteration
             trains one sparse subnet *and* the dense network (the sandwich rule) instead of
             dense steps every other iteration; implies ``dense_pivot=False``, not combinable
-            with ``distill``. See :class:`mmsparse.models.joint_dense.JointDenseLoss`.
+            with ``distill``; clips gradients at norm 35 if the config clips none (its
+            ``clip_grad`` option). See :class:`mmsparse.models.joint_dense.JointDenseLoss`.
             None: off (the paper).
         straight_through: Sparse steps pass their gradient straight through the mask to the
             weights the subnet removes too (forward unchanged, same cost; see
             :func:`mmsparse.core.layers.straight_through_mask`), so the dense network
-            learns on every step. False (default, the paper): removed weights get no
-            gradient.
+            learns on every step. False (default, the paper): removed weights get none.
     """
 
     priority = 'ABOVE_NORMAL'  # after SparseSubnetsHook (VERY_HIGH) has generated masks
@@ -119,6 +119,8 @@ class SparseCocktailHook(Hook):
             self.distiller = DenseDistiller(unwrap(runner.model), network, **self.distill)
         if self.joint_dense is not None and self.joint is None:
             self.joint = JointDenseLoss(unwrap(runner.model), network, **self.joint_dense)
+        if self.joint is not None:  # batch size; clipping if the config has none
+            prepare_joint_step(runner, self.joint)
         # The stage of the last completed iteration: a resumed run regenerates at the next
         # boundary exactly where an uninterrupted run would.
         self.stage = self.plan.stage_at(max(runner.iter - 1, 0))
@@ -159,6 +161,7 @@ class SparseCocktailHook(Hook):
                 extra.step(self.current)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        check_finite_loss(runner, outputs)  # before anything else uses the NaN weights
         self.sources.after_step(self._network(runner))
         hub = runner.message_hub
         hub.update_scalar('train/stage', self.stage)

@@ -2,38 +2,18 @@
 from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
 
-from mmsparse.core import (DENSE, MaskSpec, check_selection, generate_masks, is_mask_key,
-                           parse_subnets)
+from mmsparse.core import check_selection, generate_masks
 from mmsparse.core.batchnorm.stored_stats import drop_stored_bn_stats, stored_bn_count
-from mmsparse.core.subnets import cocktail_subnets
 from mmsparse.models import attach_network, attached_network, sparsify_detector
 from mmsparse.registry import HOOKS
+from mmsparse.utils.checkpoint import portable_checkpoint
 
+from ..ema import ema_models, sync_ema_masks
+from ..hook_options import check_subnets_hook_options
 from ..network import unwrap
-from ..sparse_checkpoint import (checkpoint_network, checkpoint_state, checkpoint_subnet_names,
-                                 holds_masks, register_checkpoint_bn_stats)
-
-SUBNET_SETS = {'cocktail': cocktail_subnets}
-
-
-def _glob_list(value, option):
-    """``include``/``exclude``: a list or tuple of glob strings (a bare string would be split
-    into one-character globs)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, str) and v for v in value):
-        raise ValueError(f'SparseSubnetsHook: {option} must be a list of layer-name globs '
-                         f"(non-empty strings), e.g. ['backbone.*'], got {value!r}")
-    return tuple(value)
-
-
-def _check_flag(value, option):
-    if not isinstance(value, bool):
-        raise ValueError(f'SparseSubnetsHook: {option} must be True or False, got {value!r}')
-    return value
-
-
-def _sparse_names(names):
-    return sorted(n for n in names if n != DENSE.name)
+from ..sparse_checkpoint import (check_checkpoint_layers, checkpoint_network, checkpoint_state,
+                                 holds_masks, reconcile_checkpoint_subnets,
+                                 register_checkpoint_bn_stats)
 
 
 @HOOKS.register_module()
@@ -61,49 +41,24 @@ class SparseSubnetsHook(Hook):
         channel_groups: Let channel subnets also remove the channels that several layers
             share, keeping them equal across the group: ResNet's residual streams and the
             FPN's outputs (with them RoIAlign and the heads' inputs shrink). Default False.
+        sparsify_frozen_layers: Also mask the layers whose weights do not train
+            (``requires_grad=False``, e.g. the stages ``frozen_stages`` freezes). Default
+            False: they stay dense (a frozen weight cannot recover from a mask) and the log
+            names them.
     """
 
     priority = 'VERY_HIGH'
 
     def __init__(self, subnets=None, include=('*', ), exclude=(), sparsify_input_layers=False,
                  sparsify_output_layers=False, mask_spec=None, analysis_image_size=(128, 128),
-                 channel_groups=False):
-        if isinstance(subnets, str):
-            if subnets not in SUBNET_SETS:
-                raise ValueError(f'unknown subnet set {subnets!r}; known: {sorted(SUBNET_SETS)}'
-                                 ' (or give a list of subnet names)')
-            subnets = SUBNET_SETS[subnets]()
-        if subnets is not None and not isinstance(subnets, (list, tuple)):
-            raise ValueError(f'SparseSubnetsHook: subnets must be a list of subnet names, a '
-                             f'subnet set ({sorted(SUBNET_SETS)}) or None, got {subnets!r}')
-        self.subnets = None if subnets is None else parse_subnets(subnets)
-        if self.subnets is not None and all(s == DENSE for s in self.subnets):
-            raise ValueError(f'SparseSubnetsHook: subnets={list(subnets)!r} lists no sparse '
-                             "subnet; name some, e.g. ['unstructured@0.50', 'nm@2:4'], or "
-                             'remove the hook to train a dense model')
-        self.include = _glob_list(include, 'include')
-        self.exclude = _glob_list(exclude, 'exclude')
-        if not self.include:
-            raise ValueError("SparseSubnetsHook: include is empty (no layer would be masked); "
-                             "use ['*'] for every maskable layer")
-        self.sparsify_input_layers = _check_flag(sparsify_input_layers, 'sparsify_input_layers')
-        self.sparsify_output_layers = _check_flag(sparsify_output_layers,
-                                                  'sparsify_output_layers')
-        if mask_spec is not None and not isinstance(mask_spec, dict):
-            raise ValueError(f'SparseSubnetsHook: mask_spec must be a dict of MaskSpec options, '
-                             f'got {mask_spec!r}')
-        try:
-            self.mask_spec = MaskSpec(**(mask_spec or {}))
-        except TypeError as err:  # an unknown option
-            raise ValueError(f'SparseSubnetsHook: bad mask_spec {mask_spec!r}: {err}; options: '
-                             'unstructured_scope, channel_score, block_shape') from None
-        size = analysis_image_size
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise ValueError('SparseSubnetsHook: analysis_image_size must be (H, W), two '
-                             f'positive ints, got {size!r}')
-        self.analysis_image_size = tuple(size)
-        self.channel_groups = _check_flag(channel_groups, 'channel_groups')
+                 channel_groups=False, sparsify_frozen_layers=False):
+        options = check_subnets_hook_options(
+            subnets, include=include, exclude=exclude, mask_spec=mask_spec,
+            sparsify_input_layers=sparsify_input_layers,
+            sparsify_output_layers=sparsify_output_layers, channel_groups=channel_groups,
+            sparsify_frozen_layers=sparsify_frozen_layers,
+            analysis_image_size=analysis_image_size)
+        self.__dict__.update(options)
 
     def before_run(self, runner):
         model = unwrap(runner.model)
@@ -114,10 +69,13 @@ class SparseSubnetsHook(Hook):
                                         self.analysis_image_size,
                                         sparsify_input_layers=self.sparsify_input_layers,
                                         sparsify_output_layers=self.sparsify_output_layers,
-                                        channel_groups=self.channel_groups)
+                                        channel_groups=self.channel_groups,
+                                        sparsify_frozen_layers=self.sparsify_frozen_layers)
             check_selection(network, self.subnets, self.mask_spec.block_shape)
             if runner.cfg.get('load_from'):  # e.g. tools/test.py with a training config
-                register_checkpoint_bn_stats(model, checkpoint_state(runner.cfg.load_from))
+                state = checkpoint_state(runner.cfg.load_from)
+                check_checkpoint_layers(state, network, self.subnets)
+                register_checkpoint_bn_stats(model, state)
         else:
             load_from = runner.cfg.get('load_from')
             network = (checkpoint_network(model, load_from, self.analysis_image_size)
@@ -127,6 +85,10 @@ class SparseSubnetsHook(Hook):
                                    'network can be evaluated')
                 return
         attach_network(model, network)
+        if network.frozen_dense:
+            runner.logger.info(f'mmsparse: {len(network.frozen_dense)} frozen layers stay dense '
+                               f'(sparsify_frozen_layers=True masks them): '
+                               f'{", ".join(network.frozen_dense)}')
         runner.logger.info(f'mmsparse: {len(network.layers)} masked layers '
                            f'({len(network.channel_layers)} with removable channels)')
 
@@ -136,25 +98,13 @@ class SparseSubnetsHook(Hook):
         training = isinstance(getattr(runner, '_train_loop', None), BaseLoop)
         if self.subnets is None or not training or not isinstance(state, dict):
             return  # tools/test.py evaluates the subnets the checkpoint holds
-        held = _sparse_names(checkpoint_subnet_names(state))
-        wanted = _sparse_names(s.name for s in self.subnets)
-        if not held or held == wanted:
-            return
-        if getattr(runner, '_resume', False):
-            raise ValueError(
-                'mmsparse: cannot resume: the checkpoint holds masks for the subnets '
-                f'[{", ".join(held)}], but the config\'s SparseSubnetsHook lists '
-                f'[{", ".join(wanted)}]. Resuming continues the same run, with its subnets: '
-                'set the config\'s subnets to the checkpoint\'s, or start a new run from its '
-                'weights with load_from=<checkpoint> (without --resume) to generate masks for '
-                'the config\'s subnets.')
-        # load_from: a new run from these weights; the config's subnets get new masks.
-        for key in [k for k in state if is_mask_key(k)]:
-            del state[key]
-        runner.logger.warning(
-            f'mmsparse: the loaded checkpoint holds masks for [{", ".join(held)}], the config '
-            f'lists [{", ".join(wanted)}]: its masks are not loaded; new masks for the '
-            'config\'s subnets are generated from its weights')
+        dropped = reconcile_checkpoint_subnets(state, self.subnets,
+                                               resume=getattr(runner, '_resume', False))
+        if dropped:  # load_from: a new run from these weights; new masks for the config
+            runner.logger.warning(
+                f'mmsparse: the loaded checkpoint holds masks for [{", ".join(dropped)}], the '
+                f'config lists [{", ".join(s.name for s in self.subnets)}]: its masks are not '
+                'loaded; new masks for the config\'s subnets are generated from its weights')
 
     def check_val_subnets(self, runner, network):
         """Fail now, not after the first epoch, on validation subnets the model lacks."""
@@ -169,14 +119,36 @@ class SparseSubnetsHook(Hook):
             return
         if stored_bn_count(network.model):
             # Training changes the weights the loaded statistics were estimated for.
-            drop_stored_bn_stats(network.model)
+            for model in [network.model, *(ema.module for ema in ema_models(runner))]:
+                drop_stored_bn_stats(model)
             runner.logger.info('mmsparse: dropped the checkpoint\'s stored per-subnet '
                                'BatchNorm statistics (training makes them stale)')
-        if hasattr(runner.optim_wrapper, 'masked_params'):  # mmsparse's wrappers
-            runner.optim_wrapper.masked_params = {layer.dense_weight: layer
-                                                  for layer in network.layers.values()}
         if self.subnets is not None and not holds_masks(network):
             generate_masks(network, self.subnets, self.mask_spec)
             runner.logger.info('mmsparse: generated masks for '
                                f'{", ".join(s.name for s in network.subnets())}')
         self.check_val_subnets(runner, network)
+        sync_ema_masks(runner, network)
+
+    # EMAHook (mmengine) keeps a deep copy of the model whose weights validation and the
+    # checkpoint use. Its masks must be the live model's exactly (not averaged, and sized
+    # once generated): copy them before EMAHook acts (this hook's priority is higher).
+    def _sync_ema(self, runner):
+        network = attached_network(unwrap(runner.model))
+        if network is not None:
+            sync_ema_masks(runner, network)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._sync_ema(runner)
+
+    def before_val_epoch(self, runner):
+        self._sync_ema(runner)
+
+    def before_test_epoch(self, runner):
+        self._sync_ema(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        self._sync_ema(runner)
+        # Resumable with weights_only=True also when MMDetection's own tools/train.py runs
+        # an mmsparse config (mmsparse's tools add PortableCheckpointHook for every config).
+        portable_checkpoint(checkpoint)

@@ -7,9 +7,10 @@ from mmengine.hooks import Hook
 from mmengine.utils import ProgressBar
 
 from mmsparse.core.batchnorm.stored_stats import (PREFIX, STORED, drop_stored_bn_stats,
-                                                  store_subnet_bn_stats)
+                                                  store_subnet_bn_stats, stored_bn_count)
 from mmsparse.registry import HOOKS
 from ..runner.calibration import calibration_batches, forward_batches
+from ..ema import ema_models, ema_weights, share_stored_bn_stats
 from ..network import required_network, unwrap
 
 
@@ -80,12 +81,15 @@ class SubnetBNStatsHook(Hook):
             batches = calibration_batches(runner.cfg.train_dataloader, self.batches)
             count = len(network.subnets())
             bar = ProgressBar(count) if is_main_process() and count > 1 else None
-            specs = store_subnet_bn_stats(network, forward_batches(batches),
-                                          progress=bar and (lambda _: bar.update()))
+            # With EMA, validation and the checkpoint use the EMA weights: estimate on them.
+            with ema_weights(runner, model):
+                specs = store_subnet_bn_stats(network, forward_batches(batches),
+                                              progress=bar and (lambda _: bar.update()))
         except Exception as err:  # noqa: BLE001  (any failure must not cost the checkpoint)
             error = err
         if _failed_anywhere(error is not None):
-            drop_stored_bn_stats(model)  # rows of subnets not reached would be zeros
+            for each in [model, *(ema.module for ema in ema_models(runner))]:
+                drop_stored_bn_stats(each)  # rows of subnets not reached would be zeros
             what = (f'{type(error).__name__}: {error}' if error is not None
                     else 'it failed on another process')
             runner.logger.error(
@@ -96,7 +100,14 @@ class SubnetBNStatsHook(Hook):
                 'evaluate with tools/test.py --recalibrate-bn N).',
                 exc_info=error)
             return
+        if not stored_bn_count(model):  # the same on every rank: the model's frozen set
+            runner.logger.info(
+                'mmsparse: no per-subnet BatchNorm statistics to store: every BatchNorm is '
+                'frozen (norm_eval=True or requires_grad=False) or there is none; evaluation '
+                'uses the trained statistics')
+            return
         broadcast_stored_bn_stats(model)
+        share_stored_bn_stats(runner, model)  # the EMA copies get the same buffers
         runner.logger.info(
             f'mmsparse: stored the BatchNorm statistics of {len(specs)} subnets '
             f'({len(batches)} batches each, {time.time() - start:.0f}s); evaluation uses them '

@@ -407,3 +407,19 @@ def test_channel_subnet_params_count_what_slimming_removes(tiny_mask_rcnn):
     assert stats.params == _count(slim_subnet(network, 'channel@0.50'))
     rpn_cls = network.effective_masks('channel@0.50')['rpn_head.rpn_cls']
     assert rpn_cls is not None and not rpn_cls.all()  # unmasked, but reads removed channels
+
+
+def test_export_copies_modules_caching_tensors_with_autograd_history():
+    """A head that keeps loss-time tensors (CondInst's ``_raw_positive_infos``) as attributes:
+    the export's copy holds them detached instead of failing to deep-copy them."""
+    network, x = _network()
+    cached = network.model(x)  # has autograd history
+    network.model.res._cache = dict(scores=[cached * 2])
+    assert cached.grad_fn is not None
+    folded = fold_masks(network, 'nm@2:4')
+    copy_of_cache = folded.res._cache['scores'][0]
+    assert copy_of_cache.grad_fn is None and torch.equal(copy_of_cache, (cached * 2).detach())
+    assert network.model.res._cache['scores'][0].grad_fn is not None  # the original is kept
+    with torch.no_grad():
+        out = folded.eval()(x)
+    assert torch.equal(out, _masked_output(network, x, 'nm@2:4'))

@@ -74,7 +74,9 @@ def test_grouped_consumer_blocks_removal():
     x = torch.randn(1, 4, 4, 4)
     g = analyze_channels(Grouped(), lambda m: m(x))
     assert not g.channels['a'].removable and 'grouped conv dw' in g.channels['a'].reason
-    assert g.channels['dw'].removable
+    # its own channels could go only a group at a time, with the inputs feeding the group
+    assert not g.channels['dw'].removable and g.channels['dw'].consumers == ['out']
+    assert 'grouped conv (groups=8)' in g.channels['dw'].reason
 
 
 def test_analysis_restores_mode_and_requires_grad():

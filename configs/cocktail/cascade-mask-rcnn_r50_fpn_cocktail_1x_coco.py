@@ -1,0 +1,6 @@
+# Sparse Cocktail, the recommended recipe (../_base_/sparsity/cocktail.py), on COCO:
+# MMDetection's Cascade Mask R-CNN R-50 FPN 1x (cascade).
+_base_ = ['mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py',
+          '../_base_/sparsity/cocktail.py']
+custom_hooks = [*_base_.get('custom_hooks', []), *_base_.sparse_hooks]
+val_cfg = _base_.cocktail_val_cfg

@@ -1,0 +1,5 @@
+# Sparse Cocktail, the recommended recipe (../_base_/sparsity/cocktail.py), on COCO:
+# MMDetection's SOLOv2 R-50 FPN 1x (box-free instance segmentation).
+_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py', '../_base_/sparsity/cocktail.py']
+custom_hooks = [*_base_.get('custom_hooks', []), *_base_.sparse_hooks]
+val_cfg = _base_.cocktail_val_cfg
