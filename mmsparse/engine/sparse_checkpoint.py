@@ -176,12 +176,17 @@ def check_checkpoint_layers(state, network, subnets):
     ``sparsify_frozen_layers``): mmengine would drop the masks of the layers the config
     leaves dense, silently, and evaluate other subnets than were trained."""
     held = masked_layer_names(state)
+    # A module reachable under several names (RTMDet's convs shared across levels) has its
+    # masks in the state dict under each of them.
+    masked = set(map(id, network.layers.values()))
+    selected = {name for name, module in network.model.named_modules(remove_duplicate=False)
+                if id(module) in masked}
     same_subnets = (sorted(checkpoint_subnet_names(state))
                     == sorted({DENSE.name, *(s.name for s in subnets)}))
-    if not held or not same_subnets or set(held) == set(network.layers):
+    if not held or not same_subnets or set(held) == selected:
         return
-    only_ckpt = sorted(set(held) - set(network.layers))
-    only_cfg = sorted(set(network.layers) - set(held))
+    only_ckpt = sorted(set(held) - selected)
+    only_cfg = sorted(selected - set(held))
     raise ValueError(
         'mmsparse: the checkpoint masks other layers than the config selects: '
         f'{len(only_ckpt)} only in the checkpoint (e.g. {", ".join(only_ckpt[:3]) or "-"}), '

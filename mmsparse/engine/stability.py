@@ -12,7 +12,7 @@ non-finite loss terms, and says what to change. Raised from a hook of higher pri
 optimizer gradient clipping when the config has none (:func:`clip_unclipped`): the joint
 step (:class:`mmsparse.models.joint_dense.JointDenseLoss`) sums the sparse pass's and the
 weighted dense pass's losses, a step about three times plain training's at weight 2.0, and
-was measured with clipping at 35 (docs/training.md, "Stability").
+was measured with clipping at 35; without any it diverged (docs/training.md, "Stability").
 """
 import math
 

@@ -62,7 +62,7 @@ def test_nan_loss_stops_the_recipe_in_that_iteration(tmp_path, tiny_data):
     assert 'non-finite loss in iteration 3 (log: Iter(train) [4/6]) (subnet nm@' in error
     # the terms of fc_cls, no others (the total is left out when terms are named)
     assert 'and the dense network, joint step): loss_cls=nan, dense.loss_cls=nan;' in error
-    assert "gradient clipping: {'max_norm': 35, 'norm_type': 2}" in error
+    assert "gradient clipping: {'max_norm': 10, 'norm_type': 2}" in error
     assert 'lower the learning rate' in error and 'clip gradients harder' in error
     # raised before the cocktail hook logged the step, or the logger the NaN losses
     assert 'iteration 2 trained' in log and 'iteration 3 trained' not in log
@@ -124,7 +124,7 @@ def test_clip_unclipped_adds_clipping_only_where_the_config_has_none():
     assert _step_size(runner, model) > 1e3  # no clipping
     assert clip_unclipped(runner, CLIP_GRAD, 'test')
     assert runner.optim_wrapper.clip_grad_kwargs == CLIP_GRAD
-    assert _step_size(runner, model) == pytest.approx(35, rel=1e-4)
+    assert _step_size(runner, model) == pytest.approx(CLIP_GRAD['max_norm'], rel=1e-4)
     own, model = _runner(clip_grad=dict(max_norm=1.0))
     assert not clip_unclipped(own, CLIP_GRAD, 'test')
     assert _step_size(own, model) == pytest.approx(1.0, rel=1e-4)  # left alone
@@ -153,7 +153,7 @@ def test_recipe_without_clipping_gets_it_and_one_image_per_pass(tmp_path, tiny_d
     result = run_tool(['tools/train.py', cfg, '--work-dir', tmp_path / 'w'])
     assert_ok(result)
     log = result.stdout + result.stderr
-    assert ("the config clips no gradients: clipping them with {'max_norm': 35, "
+    assert ("the config clips no gradients: clipping them with {'max_norm': 10, "
             "'norm_type': 2}") in log
     assert 'grad_norm:' in log  # mmengine logs the norm only when it clips
     rows = json.loads((tmp_path / 'w/pass_sizes.json').read_text())

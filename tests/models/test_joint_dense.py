@@ -137,11 +137,18 @@ def test_mean_losses_weights_each_pass_by_its_share_of_the_batch(joint, sparse_f
     assert torch.equal(mean['dense.acc'], plain['dense.acc'])
 
 
-def test_split_batch_needs_two_images_per_process():
-    _, _, _, model = _images_seen(4)
-    with pytest.raises(ValueError, match='at least 2 images per batch and process, got a '
-                                         'batch of 1'):
-        model(**model.data_preprocessor(_packed(1), True), mode='loss')
+def test_split_batch_feeds_a_single_image_to_both_passes_and_rejects_batch_size_one():
+    """An epoch's last batch may hold one image: both passes see it. A configured batch size
+    of 1 can never be split: an error before training (SparseCocktailHook calls this)."""
+    inputs, sparse, dense, _ = _images_seen(1)
+    assert len(inputs) == 1 and torch.equal(sparse, inputs) and torch.equal(dense, inputs)
+    network = _network()
+    JointDenseLoss(network.model, network).check_batch_size(1)  # the same batch: fine
+    split = JointDenseLoss(network.model, network, split_batch=True)
+    split.check_batch_size(2)
+    with pytest.raises(ValueError, match='at least 2 images per batch and process, but '
+                                         'train_dataloader.batch_size is 1'):
+        split.check_batch_size(1)
 
 
 def test_two_gloo_processes_keep_the_same_weights(tmp_path, tiny_data):

@@ -48,7 +48,7 @@ class SparseCocktailHook(Hook):
         joint_dense: True or e.g. ``dict(weight=1.0, split_batch=False)``: every iteration
             trains one sparse subnet *and* the dense network (the sandwich rule) instead of
             dense steps every other iteration; implies ``dense_pivot=False``, not combinable
-            with ``distill``; clips gradients at norm 35 if the config clips none (its
+            with ``distill``; clips gradients at norm 10 if the config clips none (its
             ``clip_grad`` option). See :class:`mmsparse.models.joint_dense.JointDenseLoss`.
             None: off (the paper).
         straight_through: Sparse steps pass their gradient straight through the mask to the
