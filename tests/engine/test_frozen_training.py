@@ -1,4 +1,4 @@
-"""Co-training under MMDetection's frozen set-up (``norm_eval=True``, BN affines without
+"""Co-training from a (legacy-format) checkpoint under MMDetection's frozen set-up (``norm_eval=True``, BN affines without
 gradients, ``frozen_stages=1``, given with --cfg-options as a user would): frozen layers
 stay dense and the log names them, and training, the stored per-subnet statistics and
 SubnetBNStatsHook leave every frozen BatchNorm and frozen weight bit-identical."""
@@ -48,7 +48,9 @@ def start(tmp_path_factory, tiny_data):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     ckpt = root / 'start.pth'
-    torch.save({'state_dict': model.state_dict()}, ckpt)
+    # In torch's legacy (non-zip) format, as MMDetection's model-zoo files written by
+    # torch < 1.6 are: the start of co-training must load them too.
+    torch.save({'state_dict': model.state_dict()}, ckpt, _use_new_zipfile_serialization=False)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     return dict(root=root, cfg=cfg, ckpt=ckpt, frozen=frozen)
 
