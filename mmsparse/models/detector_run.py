@@ -53,8 +53,9 @@ def isolated_rng(seed=0):
     the same in every process (so every rank and every run selects the same layers), and
     restoring keeps the training's random stream untouched.
     """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     numpy_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         np.random.seed(seed)
         try:

@@ -6,12 +6,10 @@ One helper for everything that re-estimates BatchNorm statistics (the subnet loo
 on the same kind of data: the first batches of a fresh training dataloader (training
 pipeline, training batch size).
 """
-import contextlib
-
-import numpy as np
-import torch
 from mmengine.runner import Runner
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsparse.models.detector_run import isolated_rng
 
 # Calibration samples RoIs with its own seed: the same statistics in every run and process.
 CALIBRATION_SEED = 0
@@ -27,22 +25,6 @@ def calibration_batches(dataloader_cfg, count):
         if len(batches) >= count:
             break
     return batches
-
-
-@contextlib.contextmanager
-def _own_random_stream(seed=CALIBRATION_SEED):
-    """Draw from a seeded stream, then give the caller's torch (CPU and CUDA) and numpy
-    random states back: calibration during validation must not change what training draws
-    next (``--resume`` reproduces an uninterrupted run)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    numpy_state = np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)
 
 
 def forward_batches(batches):
@@ -62,7 +44,7 @@ def forward_batches(batches):
             if not isinstance(module, _BatchNorm):
                 module.training = True
         try:
-            with _own_random_stream():
+            with isolated_rng(CALIBRATION_SEED):
                 for batch in batches:
                     data = model.data_preprocessor(batch, True)
                     model.loss(data['inputs'], data['data_samples'])
