@@ -9,6 +9,7 @@ Registries are added here as the components that fill them land.
 from mmdet.registry import DATASETS as MMDET_DATASETS
 from mmdet.registry import HOOKS as MMDET_HOOKS
 from mmdet.registry import LOOPS as MMDET_LOOPS
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.registry import OPTIM_WRAPPERS as MMDET_OPTIM_WRAPPERS
 from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 from mmengine.registry import Registry
@@ -23,3 +24,6 @@ LOOPS = Registry('loop', parent=MMDET_LOOPS, scope='mmsparse',
                  locations=['mmsparse.engine.runner'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMDET_OPTIM_WRAPPERS, scope='mmsparse',
                           locations=['mmsparse.engine.optimizers'])
+# Builders of exported models (``type='mmsparse.SlimmedDetector'``, a channel-slimmed subnet).
+MODELS = Registry('model', parent=MMDET_MODELS, scope='mmsparse',
+                  locations=['mmsparse.models.slimmed_detector'])

@@ -4,14 +4,18 @@ Examples::
 
     # unstructured / N:M / block / dense: an ordinary mmengine checkpoint (masks folded in)
     python tools/export_subnet.py CONFIG CKPT --subnet unstructured@0.50 --out u50.pth
-    # channel: physically slimmed, saved as a pickled nn.Module (see docs/export.md)
+    # channel: physically slimmed; a checkpoint + a config that rebuilds the slimmed model
     python tools/export_subnet.py CONFIG CKPT --subnet channel@0.30 --out c30.pth
+    # ... or, opt-in, the slimmed nn.Module pickled (loads without mmsparse; trust needed)
+    python tools/export_subnet.py CONFIG CKPT --subnet channel@0.30 --pickle-module --out c30.pth
     # several subnets into a folder, one file each
     python tools/export_subnet.py CONFIG CKPT --subnet nm@2:4,channel@0.30 --out exported/
 
 Every export writes ``<out>.py`` next to ``<out>.pth``: the config with mmsparse's own types
 replaced by MMDetection's (dataset classes by their MMDetection base class and metainfo,
-mmsparse hooks and loops dropped), so loading and testing needs no mmsparse. The tool
+mmsparse hooks and loops dropped), so loading and testing needs no mmsparse, except for a
+slimmed channel subnet's model (``type='mmsparse.SlimmedDetector'``, which narrows the
+detector the original keys build). The tool
 prints how to load what it wrote. BatchNorm statistics are the checkpoint's (the subnet's
 own when the checkpoint stores per-subnet statistics) unless ``--recalibrate-bn N`` is
 given, so the exported model's metrics equal the subnet's in ``tools/test.py``.
@@ -59,6 +63,14 @@ def parse_args(argv=None):
                    help='nm@2:4 only: convert 2:4 Linear layers with '
                    'torch.sparse.to_sparse_semi_structured (needs a CUDA GPU, compute '
                    'capability 8.0+)')
+    p.add_argument('--pickle-module', action='store_true',
+                   help='channel subnets: pickle the slimmed nn.Module ({"meta", "model"}, '
+                   'loads with torch.load(weights_only=False), no mmsparse needed) instead of '
+                   'a checkpoint + a config that rebuilds it')
+    p.add_argument('--divisor', type=int, default=1, metavar='D',
+                   help='channel subnets: round each slimmed layer\'s kept channels up to a '
+                   'multiple of D, restoring the removed channels of largest L1 norm (the '
+                   'model is then the subnet plus those channels; consider --recalibrate-bn)')
     p.add_argument('--recalibrate-bn', type=int, default=0, metavar='N',
                    help='re-estimate the exported model\'s BatchNorm statistics on N training '
                    'batches (off by default: metrics then equal tools/test.py\'s)')
@@ -71,6 +83,8 @@ def parse_args(argv=None):
 def check_request(args):
     """Fail before loading anything on requests that cannot work here."""
     also = parse_subnets([s for s in args.also.split(',') if s.strip()])
+    if args.divisor < 1:
+        raise ExportError(f'--divisor must be a positive int, got {args.divisor}')
     if args.subnet.strip() == 'all':  # resolved once the checkpoint is read
         if args.out.endswith('.pth') or args.semi_structured:
             raise ExportError('--subnet all needs --out to be a folder (and no --semi-structured)')
@@ -79,6 +93,9 @@ def check_request(args):
     if not subnets:
         raise SubnetNameError(f'--subnet {args.subnet!r} names no subnet; pass \'all\' or one '
                               'or more names the checkpoint holds')
+    if args.divisor > 1 and not any(s.pattern == 'channel' for s in (*subnets, *also)):
+        raise ExportError(f'--divisor rounds channel subnets\' widths, but none is requested '
+                          f'({args.subnet})')
     if args.semi_structured:
         wrong = [s.name for s in subnets if (s.pattern, s.n, s.m) != ('nm', 2, 4)]
         if wrong or also:
@@ -97,10 +114,18 @@ def check_request(args):
 def write_one(args, cfg, model, network, spec, also, out, source_meta, batches):
     """Export one subnet as the command line asks (see ``export_subnet``)."""
     return export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
-                         args.checkpoint, args.semi_structured)
+                         args.checkpoint, args.semi_structured,
+                         getattr(args, 'pickle_module', False), getattr(args, 'divisor', 1))
 
 
 def how_to_load(info, out, config_path):
+    if info.get('narrowed_modules'):
+        return textwrap.dedent(f'''\
+            # like any MMDetection model (mmsparse must be installed: the config's model is
+            # mmsparse.SlimmedDetector, which rebuilds the slimmed architecture)
+            python tools/test.py {config_path} {out}
+            Runner.from_cfg(Config.fromfile('{config_path}')).test()    # load_from is set
+            mmdet.apis.init_detector('{config_path}', '{out}')''')
     if info['format'] == 'state_dict':
         return textwrap.dedent(f'''\
             # plain MMDetection (no mmsparse): MMDetection's tools/test.py, the Runner, or
@@ -160,6 +185,9 @@ def main(argv=None):
             bar.update()
     for info, out, config_path in written:
         label = ' + '.join([info['subnet'], *info['also']])
+        if info.get('divisor'):
+            label += (f' (widths rounded up to multiples of {info["divisor"]}: '
+                      f'{info["restored_channels"]} removed channels restored)')
         if info['recalibrated_bn_batches']:
             label += f' (BatchNorm recalibrated on {info["recalibrated_bn_batches"]} batches)'
         elif info['bn_stats'] == 'stored':

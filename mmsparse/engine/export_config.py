@@ -104,6 +104,44 @@ def plain_config(cfg, checkpoint=None):
     return cfg
 
 
+def slimmed_model_config(plain, narrowed):
+    """Make ``plain``'s model build a channel-slimmed subnet, in place.
+
+    ``model`` becomes ``dict(type='mmsparse.SlimmedDetector', detector_type=<its type>,
+    narrowed=narrowed, **<its other keys>)``: the original keys stay where tools read them
+    (``cfg.model.backbone``), and the registered builder narrows the listed modules after
+    building the detector. The one mmsparse type left needs mmsparse installed, so it is
+    imported explicitly (the registry's ``locations`` would find it too).
+    """
+    model = dict(plain.model)
+    detector_type = model.pop('type')
+    if _is_mmsparse(detector_type):
+        raise ExportError(f'the detector type {detector_type} is mmsparse\'s own; a slimmed '
+                          'export builds an MMDetection detector')
+    plain.model = dict(type='mmsparse.SlimmedDetector', detector_type=detector_type,
+                       narrowed=narrowed, **model)
+    imports = list((plain.get('custom_imports') or {}).get('imports', []))
+    plain.custom_imports = dict(imports=['mmsparse', *imports], allow_failed_imports=False)
+    return plain
+
+
+def check_builds(plain, state_dict):
+    """Build ``plain.model`` as a test run would and load ``state_dict`` into it strictly,
+    so a config that cannot rebuild the exported model fails the export, not its user."""
+    from mmdet.registry import MODELS
+    with MODELS.switch_scope_and_registry('mmdet') as registry:
+        model = registry.build(copy.deepcopy(plain.model))
+    built = model.state_dict()
+    wrong = sorted(k for k, v in state_dict.items()
+                   if k in built and tuple(built[k].shape) != tuple(v.shape))
+    missing, unexpected = sorted(set(built) - set(state_dict)), sorted(set(state_dict) - set(built))
+    if wrong or missing or unexpected:
+        raise ExportError(f'the exported config does not rebuild the slimmed model: shapes '
+                          f'differ for {wrong[:5]}, missing {missing[:5]}, unexpected '
+                          f'{unexpected[:5]}')
+    model.load_state_dict(state_dict, strict=True)
+
+
 def exported_config_path(out):
     """The plain config written beside an exported model: ``<out without .pth>.py``."""
     return osp.splitext(out)[0] + '.py'

@@ -1,10 +1,12 @@
 """Export one subnet of a sparse detector as a model plain MMDetection runs.
 
 ``tools/export_subnet.py`` parses the command line and calls :func:`export_subnet` per
-subnet. Unstructured, N:M, block and dense subnets keep the config's architecture: the masks
-are folded into the weights and an ordinary mmengine checkpoint is written. Channel subnets
-are physically slimmed: the architecture differs from the config's, so the module itself
-is pickled. Beside each model the plain config (``export_config.plain_config``) is written.
+subnet. Every subnet is written as an ordinary mmengine checkpoint. Unstructured, N:M, block
+and dense subnets keep the config's architecture: the masks are folded into the weights.
+Channel subnets are physically slimmed; their config's model becomes
+``mmsparse.SlimmedDetector`` with the narrowed widths (``export_config.slimmed_model_config``).
+Only on request (``pickle_module``) and for 2:4 semi-structured tensors is the module itself
+pickled. Beside each model the plain config (``export_config.plain_config``) is written.
 """
 import contextlib
 import copy
@@ -12,12 +14,15 @@ import os.path as osp
 
 import torch
 
-from mmsparse.core import DENSE, fold_masks, slim_subnet
+from mmsparse.core import DENSE, channel_keep, fold_masks, slim_subnet
 from mmsparse.core.batchnorm.recalibration import recalibrated_bn, restore_bn_stats, save_bn_stats
 from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.export.deploy import (ExportError, measured_sparsity, plain_value,
                                          semi_structured_needs_half, to_semi_structured)
-from mmsparse.engine.export_config import exported_config_path, plain_config
+from mmsparse.core.export.narrowing import NarrowingError, narrowed_spec
+from mmsparse.core.export.slimming import round_channel_keep
+from mmsparse.engine.export_config import (check_builds, exported_config_path, plain_config,
+                                           slimmed_model_config)
 from mmsparse.engine.runner.calibration import forward_batches
 from mmsparse.utils.safe_write import atomic_save, atomic_write_text
 
@@ -30,8 +35,9 @@ def recalibrate(model, batches):
     restore_bn_stats(model, {n: (*calibrated[n][:3], before[n][3]) for n in calibrated})
 
 
-def export_model(model, network, spec, also):
-    """The exported nn.Module and whether its architecture differs from the config's."""
+def export_model(model, network, spec, also, divisor=1):
+    """The exported nn.Module and whether its architecture differs from the config's
+    (``divisor``: round slimmed layers' kept channels up to its multiples)."""
     if network is None:
         if spec != DENSE or also:
             raise ExportError(f'subnet {spec.name!r} requested, but the checkpoint holds no '
@@ -39,23 +45,26 @@ def export_model(model, network, spec, also):
         return copy.deepcopy(model), False
     slimmed = any(s.pattern == 'channel' for s in (spec, *also))
     if slimmed:
-        return slim_subnet(network, spec, also), True
+        return slim_subnet(network, spec, also, divisor=divisor), True
     return fold_masks(network, [spec, *also]), False
 
 
-def bn_source(recalibrate_bn, model, network, also):
+def bn_source(recalibrate_bn, model, network, also, divisor=1):
     """Where the exported model's BatchNorm statistics come from: ``'recalibrated'``
     (``recalibrate_bn`` batches), ``'stored'`` (the subnet's own, stored in the checkpoint)
-    or ``'trained'``. Stored statistics belong to one subnet, so ``also`` does not use them."""
+    or ``'trained'``. Stored statistics belong to one subnet, so ``also`` does not use them,
+    nor does a ``divisor`` that restores channels (the subnet's statistics of a removed
+    channel describe its zeroed output)."""
     if recalibrate_bn:
         return 'recalibrated'
-    if network is not None and not also and check_stored_bn_stats(model, network):
+    if (network is not None and not also and divisor == 1
+            and check_stored_bn_stats(model, network)):
         return 'stored'
     return 'trained'
 
 
 def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
-                  source_checkpoint, semi_structured=False):
+                  source_checkpoint, semi_structured=False, pickle_module=False, divisor=1):
     """Write subnet ``spec`` (masks of ``also`` ANDed in) to ``out`` and its plain config
     beside it; both go through a temporary file renamed into place.
 
@@ -63,13 +72,16 @@ def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
         batches: Training batches to recalibrate BatchNorm on (empty: keep the statistics).
         source_checkpoint: The checkpoint's path, recorded in the exported meta.
         semi_structured: Convert 2:4 layers to ``torch.sparse`` semi-structured tensors.
+        pickle_module: Pickle a channel-slimmed module (``{"meta", "model"}``) instead of
+            writing its state dict and a config that rebuilds it.
+        divisor: Round each slimmed layer's kept-channel count up to a multiple of it.
 
     Returns:
         (the info dict stored under ``meta['mmsparse']``, the config's path).
     """
-    source = 'recalibrated' if batches else bn_source(0, model, network, also)
+    source = 'recalibrated' if batches else bn_source(0, model, network, also, divisor)
     with stored_bn_stats(network, spec) if source == 'stored' else contextlib.nullcontext():
-        exported, slimmed = export_model(model, network, spec, also)
+        exported, slimmed = export_model(model, network, spec, also, divisor)
     exported.eval()
     if batches:
         recalibrate(exported, batches)
@@ -82,11 +94,17 @@ def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
                 params_dense=sum(p.numel() for p in model.parameters()),
                 source_checkpoint=osp.abspath(source_checkpoint),
                 recalibrated_bn_batches=len(batches), bn_stats=source,
-                format='pickled-module' if slimmed or semi_structured else 'state_dict')
+                format=('pickled-module' if (slimmed and pickle_module) or semi_structured
+                        else 'state_dict'), slimmed=slimmed)
+    if slimmed and divisor != 1:
+        info.update(divisor=divisor, restored_channels=_restored(network, spec, also, divisor))
     meta = {k: v for k, v in plain_value(source_meta).items() if not k.startswith('mmsparse')}
     meta['mmsparse'] = info
     config_path = exported_config_path(out)
     plain = plain_config(cfg, None if info['format'] == 'pickled-module' else osp.abspath(out))
+    if slimmed and info['format'] == 'state_dict':
+        _slimmed_config(plain, model, exported)
+        info['narrowed_modules'] = len(plain.model.narrowed)
     if semi_structured:
         _to_semi_structured(exported, layer_names, info, plain)
     if info['format'] == 'state_dict':
@@ -98,11 +116,32 @@ def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
         exported.cfg = plain
         exported.dataset_meta = meta.get('dataset_meta')
         atomic_save(dict(meta=meta, model=exported), out)
+    needs = ('Loads like any MMDetection model; its slimmed architecture needs mmsparse '
+             'installed' if 'narrowed_modules' in info else 'Loads with MMDetection alone')
     header = (f'# Exported by mmsparse tools/export_subnet.py: subnet {spec.name}'
               f'{" + " + ",".join(info["also"]) if also else ""} -> {osp.basename(out)} '
-              f'({info["format"]}).\n# Loads with MMDetection alone; see docs/export.md.\n')
+              f'({info["format"]}).\n# {needs}; see docs/export.md.\n')
     atomic_write_text(config_path, header + plain.pretty_text)
     return info, config_path
+
+
+def _restored(network, spec, also, divisor):
+    """How many removed channels ``divisor`` rounding restored, over all slimmed layers."""
+    channel = next(s for s in (spec, *also) if s.pattern == 'channel')
+    keep = channel_keep(network, channel)
+    rounded = round_channel_keep(network, keep, divisor)
+    return sum(int(rounded[n].sum() - keep[n].sum()) for n in keep)
+
+
+def _slimmed_config(plain, model, exported):
+    """Point ``plain``'s model at the slimmed architecture; refuse (naming the layer) a
+    slimming the config could not rebuild, before anything is written."""
+    try:
+        narrowed = narrowed_spec(model, exported)
+    except NarrowingError as err:
+        raise ExportError(f'{err}; --pickle-module writes the module itself instead') from err
+    slimmed_model_config(plain, narrowed)
+    check_builds(plain, exported.state_dict())
 
 
 def _to_semi_structured(exported, layer_names, info, plain):

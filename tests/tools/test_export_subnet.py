@@ -1,7 +1,10 @@
-"""tools/export_subnet.py: exported subnets load and evaluate in a process that never imports
-mmsparse, with the COCO metrics tools/test.py reports for the subnet inside the checkpoint."""
+"""tools/export_subnet.py: exported subnets load and evaluate from their files alone (folded
+and pickled ones in a process that never imports mmsparse; a slimmed channel subnet's config
+imports mmsparse for its builder), with the COCO metrics tools/test.py reports for the subnet
+inside the checkpoint."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,40 +79,65 @@ def exported(sparse_checkpoint):
     return root / 'exported', result.stdout + result.stderr
 
 
+@pytest.fixture(scope='module')
+def pickled(sparse_checkpoint):
+    """The channel subnet exported the opt-in way: the slimmed module pickled."""
+    out = sparse_checkpoint['root'] / 'pickled' / 'channel@0.25.pth'
+    result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
+                       sparse_checkpoint['sparse'], '--subnet', 'channel@0.25',
+                       '--pickle-module', '--out', out])
+    assert_ok(result)
+    return out, result.stdout + result.stderr
+
+
 PLAIN = '''
-import json, sys
+import json, runpy, sys
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 from mmdet.apis import inference_detector, init_detector
 
-folder, image = sys.argv[1], sys.argv[2]
+folder, pickled, image, mmdet_test = sys.argv[1:5]
 metrics = {}
 for name in ('unstructured@0.30', 'nm@2-4'):  # ordinary checkpoints + the plain config
     cfg = Config.fromfile(f'{folder}/{name}.py')
     cfg.work_dir = f'{folder}/plain_{name}'
     metrics[name] = Runner.from_cfg(cfg).test()
     init_detector(f'{folder}/{name}.py', f'{folder}/{name}.pth', device='cpu')
-cfg = Config.fromfile(f'{folder}/channel@0.25.py')  # a pickled, physically slimmed module
-model = torch.load(f'{folder}/channel@0.25.pth', weights_only=False)['model']
-metrics['channel@0.25'] = Runner(
-    model=model, work_dir=f'{folder}/plain_channel', test_dataloader=cfg.test_dataloader,
+cfg = Config.fromfile(pickled[:-4] + '.py')  # --pickle-module: the slimmed module itself
+model = torch.load(pickled, weights_only=False)['model']
+metrics['pickled'] = Runner(
+    model=model, work_dir=f'{folder}/plain_pickled', test_dataloader=cfg.test_dataloader,
     test_evaluator=cfg.test_evaluator, test_cfg=cfg.test_cfg, default_scope='mmdet').test()
 detections = inference_detector(model, image)  # model.cfg travels with the module
 assert len(detections.pred_instances) > 0
 # (the editable install's path finder, __editable___mmsparse_*_finder, is no mmsparse code)
 assert 'mmsparse' not in sys.modules and not [m for m in sys.modules if m.startswith('mmsparse')]
+
+# The default channel export: a checkpoint + a config whose model mmsparse's builder makes.
+config, weights = f'{folder}/channel@0.25.py', f'{folder}/channel@0.25.pth'
+cfg = Config.fromfile(config)  # its custom_imports import mmsparse
+cfg.work_dir = f'{folder}/plain_channel'
+metrics['channel@0.25'] = Runner.from_cfg(cfg).test()
+model = init_detector(config, weights, device='cpu')
+assert type(model).__name__ == 'MaskRCNN' and model.backbone.layer1[0].conv1.out_channels == 12
+assert len(inference_detector(model, image).pred_instances) > 0
+# MMDetection's own tools/test.py CONFIG CKPT
+sys.argv = [mmdet_test, config, weights, '--work-dir', f'{folder}/mmdet_test']
+runpy.run_path(mmdet_test, run_name='__main__')
 print('METRICS' + json.dumps(metrics))
 '''
 
 
 @pytest.fixture(scope='module')
-def plain_metrics(exported, tiny_data, tmp_path_factory):
+def plain_metrics(exported, pickled, tiny_data, tmp_path_factory):
+    import mmdet
     folder, _ = exported
     script = tmp_path_factory.mktemp('plain') / 'plain.py'
     script.write_text(PLAIN)
+    mmdet_test = Path(mmdet.__file__).parent / '.mim/tools/test.py'
     # From the repository root (the configs' relative data_root), with this interpreter.
-    result = run_tool([script, folder, tiny_data / 'train/000000.png'])
+    result = run_tool([script, folder, pickled[0], tiny_data / 'train/000000.png', mmdet_test])
     assert_ok(result)
     metrics = json.loads(result.stdout.split('METRICS')[-1])
     return {name.replace('nm@2-4', 'nm@2:4'): m for name, m in metrics.items()}
@@ -117,12 +145,13 @@ def plain_metrics(exported, tiny_data, tmp_path_factory):
 
 def test_plain_mmdetection_metrics_equal_the_in_checkpoint_subnets(in_checkpoint,
                                                                     plain_metrics):
-    assert set(plain_metrics) == set(NAMES)
-    for name in NAMES:
-        plain, inside = plain_metrics[name], in_checkpoint[name]
+    assert set(plain_metrics) == {*NAMES, 'pickled'}
+    for name in (*NAMES, 'pickled'):
+        plain = plain_metrics[name]
+        inside = in_checkpoint['channel@0.25' if name == 'pickled' else name]
         keys = [k for k in plain if k.startswith('coco/')]
         assert len(keys) == 12 and inside['coco/bbox_mAP'] > 0.0, name  # informative
-        if name.startswith('channel'):  # slimmed: same function up to float rounding
+        if name in ('channel@0.25', 'pickled'):  # slimmed: same function up to rounding
             for key in keys:
                 assert abs(plain[key] - inside[key]) <= 1e-3, (name, key)
         else:  # folded: the very same arithmetic as the masked forward
@@ -145,15 +174,60 @@ def test_exported_files(exported, in_checkpoint, sparse_checkpoint):
         config = (folder / f'{name}.py').read_text()
         assert 'mmsparse.' not in config.replace('mmsparse tools/', '')
         assert "type='CocoDataset'" in config and 'load_from' in config
-    slim = torch.load(folder / 'channel@0.25.pth', weights_only=False)
+    slim = torch.load(folder / 'channel@0.25.pth', weights_only=True)  # plain types only
+    assert set(slim) == {'meta', 'state_dict'}
     info = slim['meta']['mmsparse']
-    assert info['format'] == 'pickled-module'
+    assert info['format'] == 'state_dict' and info['slimmed'] and info['narrowed_modules'] > 10
     assert info['params'] < 0.8 * info['params_dense']
+    assert info['params'] == sum(v.numel() for k, v in slim['state_dict'].items()
+                                 if not k.endswith(('running_mean', 'running_var',
+                                                    'num_batches_tracked')))
+    assert slim['state_dict']['backbone.layer1.0.conv1.weight'].shape[0] == 12  # 16 - 25 %
+    config = (folder / 'channel@0.25.py').read_text()
+    assert "type='mmsparse.SlimmedDetector'" in config and "detector_type='MaskRCNN'" in config
+    assert 'mmdet.apis.init_detector(' in log and 'mmsparse must be installed' in log
+    assert log.count('] 3/3') == 1  # one progress bar over the three subnets
+
+
+def test_slimmed_export_builds_from_its_config_alone(exported):
+    """A fresh Config.fromfile + MMDetection's MODELS.build: no mmsparse object passed in."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    folder, _ = exported
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(str(folder / 'channel@0.25.py'))
+    assert cfg.model.backbone.type == 'ResNet'  # the original keys stay where tools read them
+    assert cfg.custom_imports == dict(imports=['mmsparse'], allow_failed_imports=False)
+    assert cfg.load_from == str(folder / 'channel@0.25.pth')
+    model = MODELS.build(cfg.model)
+    state = torch.load(folder / 'channel@0.25.pth', weights_only=True)['state_dict']
+    model.load_state_dict(state, strict=True)
+    assert type(model.backbone.layer1[0].conv1) is torch.nn.Conv2d
+
+
+def test_pickled_module_is_opt_in(pickled):
+    out, log = pickled
+    slim = torch.load(out, weights_only=False)
+    info = slim['meta']['mmsparse']
+    assert info['format'] == 'pickled-module' and 'narrowed_modules' not in info
     assert info['params'] == sum(p.numel() for p in slim['model'].parameters())
     assert slim['model'].backbone.layer1[0].conv1.out_channels == 12  # 16 - 25 %
     assert type(slim['model'].backbone.layer1[0].conv1) is torch.nn.Conv2d
+    assert 'mmsparse.' not in out.with_suffix('.py').read_text().replace('mmsparse tools/', '')
     assert "model = torch.load(" in log and 'weights_only=False' in log  # the recipe
-    assert log.count('] 3/3') == 1  # one progress bar over the three subnets
+
+
+def test_mmsparse_test_tool_runs_the_exported_config(exported, in_checkpoint, tmp_path):
+    folder, _ = exported
+    load_tool('tools/test.py').main([str(folder / 'channel@0.25.py'),
+                                     str(folder / 'channel@0.25.pth'), '--work-dir',
+                                     str(tmp_path / 'work'), '--out', str(tmp_path / 'm.json')])
+    metrics = json.loads((tmp_path / 'm.json').read_text())['dense']
+    inside = in_checkpoint['channel@0.25']
+    keys = [k for k in metrics if k.startswith('coco/')]
+    assert len(keys) == 12
+    assert all(abs(metrics[k] - inside[k]) <= 1e-3 for k in keys)
 
 
 def test_also_and_bn_recalibration(sparse_checkpoint, exported, tmp_path):
@@ -162,17 +236,16 @@ def test_also_and_bn_recalibration(sparse_checkpoint, exported, tmp_path):
                        sparse_checkpoint['sparse'], '--subnet', 'channel@0.25', '--also',
                        'unstructured@0.3', '--recalibrate-bn', '2', '--out', out])
     assert_ok(result)
-    combo = torch.load(out, weights_only=False)
-    only = torch.load(exported[0] / 'channel@0.25.pth', weights_only=False)
+    combo = torch.load(out, weights_only=True)
+    only = torch.load(exported[0] / 'channel@0.25.pth', weights_only=True)
     info = combo['meta']['mmsparse']
     assert info['also'] == ['unstructured@0.30'] and info['recalibrated_bn_batches'] == 2
     # channel removal and the unstructured zeros together
     assert info['sparsity'] > only['meta']['mmsparse']['sparsity'] + 0.1
     assert info['params'] == only['meta']['mmsparse']['params']
     assert 'BatchNorm recalibrated on 2 batches' in result.stdout
-    bn, bn_only = (m['model'].backbone.layer1[0].bn1 for m in (combo, only))
-    assert bn.momentum == bn_only.momentum == 0.1  # statistics re-estimated, momentum kept
-    assert not torch.allclose(bn.running_mean, bn_only.running_mean)
+    key = 'backbone.layer1.0.bn1.running_mean'  # statistics re-estimated
+    assert not torch.allclose(combo['state_dict'][key], only['state_dict'][key])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only message')
@@ -205,6 +278,80 @@ def test_unknown_subnet_and_maskless_checkpoint(sparse_checkpoint):
         tool.export_model(model, network, parse_subnet('nm@2:4'), ())
     dense, slimmed = tool.export_model(model, network, parse_subnet('dense'), ())
     assert not slimmed and dense.state_dict().keys() == model.state_dict().keys()
+
+
+def test_unrebuildable_slimmed_layer_fails_the_export_by_name(sparse_checkpoint, tmp_path,
+                                                                monkeypatch):
+    """A narrowed layer the config's builder could not re-create stops the export, naming
+    the layer, before any file is written."""
+    import argparse
+    import copy
+
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from mmsparse.core import parse_subnet
+    from mmsparse.engine import subnet_export
+    tool = _tool()
+    register_all_modules()
+    cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
+    model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['sparse']))
+    real = subnet_export.narrowed_spec
+
+    class Scaled(torch.nn.Module):  # own weights whose shapes no width attribute implies
+        def __init__(self, c):
+            super().__init__()
+            self.out_channels, self.scale = c, torch.nn.Parameter(torch.ones(c))
+
+    def with_custom_layer(reference, slimmed):
+        slimmed = copy.deepcopy(slimmed)
+        slimmed.backbone.layer1[0].conv1 = Scaled(12)
+        return real(reference, slimmed)
+
+    monkeypatch.setattr(subnet_export, 'narrowed_spec', with_custom_layer)
+    args = argparse.Namespace(checkpoint=str(sparse_checkpoint['sparse']), recalibrate_bn=0,
+                              semi_structured=False, pickle_module=False)
+    out = tmp_path / 'c.pth'
+    with pytest.raises(tool.ExportError, match=r'cannot rebuild the narrowed layer '
+                       r'backbone\.layer1\.0\.conv1 \(Scaled\).*--pickle-module'):
+        tool.write_one(args, cfg, model, network, parse_subnet('channel@0.25'), (), str(out),
+                       {}, [])
+    assert not list(tmp_path.iterdir())
+
+
+def test_divisor_rounds_the_slimmed_widths_up(sparse_checkpoint, tmp_path):
+    """--divisor 5: 12 of 16 channels become 15 (the strongest removed ones back), recorded
+    in the meta; the checkpoint + config still rebuild the model."""
+    import argparse
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from mmsparse.core import parse_subnet
+    tool, script = _tool(), load_tool('tools/export_subnet.py')
+    for argv, match in ((['--subnet', 'nm@2:4', '--divisor', '8'], "none is requested"),
+                        (['--subnet', 'channel@0.25', '--divisor', '0'], 'positive int')):
+        with pytest.raises(tool.ExportError, match=match):
+            script.check_request(script.parse_args(['c.py', 'x.pth', '--out', 'o.pth', *argv]))
+    register_all_modules()
+    cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
+    model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['sparse']))
+    args = argparse.Namespace(checkpoint=str(sparse_checkpoint['sparse']), recalibrate_bn=0,
+                              semi_structured=False, pickle_module=False, divisor=5)
+    out = tmp_path / 'c.pth'
+    info, config = tool.write_one(args, cfg, model, network, parse_subnet('channel@0.25'), (),
+                                  str(out), {}, [])
+    state = torch.load(out, weights_only=True)['state_dict']
+    assert info['divisor'] == 5 and info['restored_channels'] > 0
+    assert state['backbone.layer1.0.conv1.weight'].shape[0] == 15
+    exported_cfg = Config.fromfile(config)
+    built = MODELS.build(exported_cfg.model)
+    built.load_state_dict(state, strict=True)
+    full = dict(model.named_modules())
+    widths = {n: (w['out_channels'], full[n].out_channels)
+              for n, w in exported_cfg.model.narrowed.items() if 'out_channels' in w}
+    assert widths and all(w % 5 == 0 or w == dense for w, dense in widths.values()), widths
 
 
 def _tool():
@@ -274,9 +421,7 @@ def test_stored_bn_statistics_are_stored_by_the_tool_and_exported(sparse_checkpo
         info, _ = tool.write_one(args, cfg, model, network, parse_subnet(name), (), str(out),
                                  {}, [])
         assert info['bn_stats'] == 'stored', name
-        exported = torch.load(out, weights_only=False)
-        state = (exported['state_dict'] if 'state_dict' in exported
-                 else exported['model'].state_dict())
+        state = torch.load(out, weights_only=True)['state_dict']
         assert not [k for k in state if 'subnet_running' in k], name
         if name == 'nm@2:4':  # same channels: the row itself
             assert torch.equal(state['backbone.layer1.0.bn1.running_mean'], rows[row])

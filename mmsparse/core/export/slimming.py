@@ -86,8 +86,22 @@ def _remove_mask_hooks(model):
                 del module._forward_hooks[key]
 
 
+def _weight_mask(layer, name, spec, keep):
+    """Layer ``name``'s weight mask for ``spec``; for a channel subnet, from ``keep`` when
+    given (a keep set rounded up by :func:`round_channel_keep` differs from the masks)."""
+    if spec.pattern != 'channel' or keep is None:
+        return layer.mask_for(spec)
+    name_keep = keep.get(name)
+    if name_keep is None:
+        return None
+    shape = layer._parameters['weight'].shape
+    view = [1] * len(shape)
+    view[weight_axes(layer)[0]] = -1
+    return name_keep.view(view).expand(shape)
+
+
 @torch.no_grad()
-def _fold(network, specs, zero_followers=True):
+def _fold(network, specs, zero_followers=True, keep=None):
     model = _copy_model(network)
     drop_stored_bn_stats(model)  # the copy's live statistics are the ones it keeps
     modules = dict(model.named_modules())
@@ -97,7 +111,7 @@ def _fold(network, specs, zero_followers=True):
         for spec in specs:
             if spec == DENSE:
                 continue
-            part = layer.mask_for(spec)
+            part = _weight_mask(layer, name, spec, keep)
             if part is not None:
                 mask = part if mask is None else mask & part
         if mask is not None:
@@ -106,7 +120,7 @@ def _fold(network, specs, zero_followers=True):
     for spec in specs:
         if spec.pattern != 'channel':
             continue
-        for name, keep in channel_keep(network, spec).items():
+        for name, kept in (keep or channel_keep(network, spec)).items():
             try:
                 owned = channel_companions(modules, network.graph, name, affine=zero_followers)
             except ValueError as err:
@@ -114,7 +128,7 @@ def _fold(network, specs, zero_followers=True):
             for _, _, tensor in owned:
                 # the statistics may stay: with a zero affine the channel outputs 0 anyway
                 if isinstance(tensor, nn.Parameter):
-                    tensor[~keep] = 0
+                    tensor[~kept] = 0
     _remove_mask_hooks(model)
     for name in network.layers:
         unmask_layer(modules[name])
@@ -269,7 +283,47 @@ def slim_channels(model, graph, keep):
     return model
 
 
-def slim_subnet(network, subnet, also=()):
+def round_channel_keep(network, keep, divisor):
+    """``keep`` with each layer's kept-channel count rounded up to a multiple of ``divisor``
+    (at most all channels), e.g. for kernels that run best on multiples of 8.
+
+    The channels added back are the removed ones with the largest L1 norm of the dense
+    weight (summed over a channel group, whose layers keep the same channels), so the result
+    is the subnet plus a few restored channels.
+
+    Args:
+        network: The :class:`~.attach.SparseNetwork` the layers belong to.
+        keep: ``{layer name: bool (Cout,)}`` (e.g. :func:`channel_keep`).
+        divisor: A positive int.
+
+    Returns:
+        A new ``{layer name: bool (Cout,)}`` containing every channel of ``keep``.
+    """
+    if type(divisor) is not int or divisor < 1:
+        raise SlimmingError(f'the channel divisor must be a positive int, got {divisor!r}')
+    rounded = {}
+    for name, kept in keep.items():
+        if name in rounded:
+            continue
+        group = [n for n in (network.graph.channels[name].group or (name, )) if n in keep]
+        scores = torch.zeros(kept.shape, dtype=torch.float64)
+        for member in group:
+            weight = network.layers[member].dense_weight.detach()
+            out_axis = weight_axes(network.layers[member])[0]
+            scores += weight.abs().transpose(0, out_axis).flatten(1).sum(1).double().cpu()
+        count = int(kept.sum())
+        extra = min(len(kept), -(-count // divisor) * divisor) - count
+        new = kept.clone()
+        if extra:
+            removed = (~kept).nonzero().flatten()
+            best = removed[scores[removed].argsort(descending=True, stable=True)[:extra]]
+            new[best.to(new.device)] = True
+        for member in group:
+            rounded[member] = new.clone()
+    return rounded
+
+
+def slim_subnet(network, subnet, also=(), divisor=1):
     """``subnet`` (plus the masks of ``also``) as a smaller ordinary model.
 
     Folds the masks of ``[subnet, *also]`` (:func:`fold_masks`), then, when ``subnet`` is a
@@ -279,13 +333,18 @@ def slim_subnet(network, subnet, also=()):
         network: A :class:`~.attach.SparseNetwork`.
         subnet: The subnet name (e.g. ``'channel@0.30'``).
         also: More subnet names whose masks are folded in too (e.g. ``['unstructured@0.50']``).
+        divisor: Round each slimmed layer's kept channels up to a multiple of it
+            (:func:`round_channel_keep`); 1 keeps the subnet exactly.
     """
     specs = _as_specs(network, [subnet, *also])
     channel = [s for s in specs if s.pattern == 'channel']
     if len(channel) > 1:
         raise SlimmingError(f'at most one channel subnet can be slimmed, got '
                             f'{[s.name for s in channel]}')
-    model = _fold(network, specs, zero_followers=not channel)
+    keep = channel_keep(network, channel[0]) if channel else None
+    if keep is not None and divisor != 1:
+        keep = round_channel_keep(network, keep, divisor)
+    model = _fold(network, specs, zero_followers=not channel, keep=keep)
     if channel:
-        slim_channels(model, network.graph, channel_keep(network, channel[0]))
+        slim_channels(model, network.graph, keep)
     return model
