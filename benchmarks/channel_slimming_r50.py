@@ -67,14 +67,22 @@ from core_mask_rcnn_r50 import build_model  # benchmarks/ (scripts run from ther
 from report import report_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools/analysis_tools'))
-from benchmark_subnets import (exported_counts, predictor, summarize,  # noqa: E402
-                               time_runs)
+from benchmark_subnets import predictor, summarize, time_runs  # noqa: E402
 
 SUBNETS = ('channel@0.30', 'channel@0.50')
 # part -> prefixes of the layers whose MACs it computes (None: every layer)
 PARTS = {'detector': None, 'features': ('backbone.', 'neck.'), 'backbone': ('backbone.', )}
 # Profiler ops that run the conv / linear layers' arithmetic (self time is spent in these).
 WEIGHTED_OPS = ('conv', 'addmm', 'aten::mm', 'aten::bmm', 'aten::matmul')
+
+
+def exported_counts(model, positions):
+    """(params, MACs) of an exported model: its tensor sizes, and each recorded layer's weight
+    size times the output positions it computed (``record_positions``) with dense weights."""
+    modules = dict(model.named_modules())
+    macs = sum(modules[name].weight.numel() * count for name, count in positions.items()
+               if name in modules and hasattr(modules[name], 'weight'))
+    return sum(p.numel() for p in model.parameters()), macs
 
 
 def fix_boxes(model):

@@ -46,7 +46,8 @@ from core_mask_rcnn_r50 import build_model  # benchmarks/ (scripts run from ther
 from report import report_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools/analysis_tools'))
-from benchmark_subnets import exported_counts, predictor, summarize, time_runs  # noqa: E402
+from benchmark_subnets import predictor, summarize, time_runs  # noqa: E402
+from channel_slimming_r50 import exported_counts  # noqa: E402
 
 SUBNETS = ('dense', 'channel@0.30', 'channel@0.50', 'nm@2:4')
 
