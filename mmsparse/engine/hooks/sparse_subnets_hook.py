@@ -1,6 +1,8 @@
 """Attach mmsparse's masked layers to the Runner's model (train and test)."""
 from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
+from mmengine.runner.checkpoint import _load_checkpoint
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from mmsparse.core import check_selection, generate_masks
 from mmsparse.core.batchnorm.stored_stats import drop_stored_bn_stats, stored_bn_count
@@ -14,6 +16,20 @@ from ..network import unwrap
 from ..sparse_checkpoint import (check_checkpoint_layers, checkpoint_network, checkpoint_state,
                                  holds_masks, reconcile_checkpoint_subnets,
                                  register_checkpoint_bn_stats)
+
+
+def load_from_state(load_from):
+    """The state dict ``load_from`` names: a local file, or a URL (``https://``, e.g.
+    MMDetection's model zoo, ``torchvision://``, ...). ``before_run`` reads the checkpoint
+    before mmengine does, and mmsparse's local reader cannot open a URL: mmengine's own
+    loader fetches it (rank 0 downloads, into torch's hub cache, where ``load_or_resume``
+    then finds it without a second download)."""
+    if '://' not in str(load_from):
+        return checkpoint_state(load_from)
+    checkpoint = _load_checkpoint(str(load_from), map_location='cpu')
+    state = checkpoint.get('state_dict', checkpoint)
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    return state
 
 
 @HOOKS.register_module()
@@ -73,7 +89,7 @@ class SparseSubnetsHook(Hook):
                                         sparsify_frozen_layers=self.sparsify_frozen_layers)
             check_selection(network, self.subnets, self.mask_spec.block_shape)
             if runner.cfg.get('load_from'):  # e.g. tools/test.py with a training config
-                state = checkpoint_state(runner.cfg.load_from)
+                state = load_from_state(runner.cfg.load_from)
                 check_checkpoint_layers(state, network, self.subnets)
                 register_checkpoint_bn_stats(model, state)
         else:
