@@ -3,7 +3,8 @@
 # their first masks one-shot UMG of those weights. Schedule and frozen backbone set-up:
 # ./mask-rcnn_r18_fpn_dense-finetune_600it_shapes.py.
 #
-# The start is required: load_from=<checkpoint> (without it this trains from random init):
+# The start is required: load_from=<checkpoint> (without it RequireLoadFromHook, in the
+# fragment's hooks, stops the run before anything trains):
 #   python tools/train.py configs/finetune/mask-rcnn_r18_fpn_cocktail-finetune_600it_shapes.py \
 #       --cfg-options load_from=work_dirs/dense/iter_600.pth randomness.seed=0
 # Budget K=1200 instead of 600 (stages scale by themselves; the milestones are 0.75K, 0.9K):

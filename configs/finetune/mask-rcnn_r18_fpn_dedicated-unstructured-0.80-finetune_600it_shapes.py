@@ -14,5 +14,6 @@ custom_hooks = [
     dict(type='mmsparse.SparseCocktailHook', dense_pivot=False, ratio_mode='current',
          num_stages=1, regenerate_masks=False),
     dict(type='mmsparse.RNGStateHook'),
+    dict(type='mmsparse.RequireLoadFromHook'),  # load_from is required
 ]
 val_cfg = dict(type='mmsparse.SubnetValLoop', subnets='unstructured@0.8')

@@ -4,7 +4,8 @@
 # layer1 frozen), learning rate 0.01 (half the from-scratch 0.02) after 50 iterations of
 # linear warm-up, x0.1 at 0.75K and 0.9K (one choice, not tuned).
 #
-# The start is required: load_from=<checkpoint> (without it this trains from random init):
+# The start is required: load_from=<checkpoint>. Without it RequireLoadFromHook stops the run
+# before anything trains (the random init would be trained); every fine-tune config has it:
 #   python tools/train.py configs/finetune/mask-rcnn_r18_fpn_dense-finetune_600it_shapes.py \
 #       --cfg-options load_from=work_dirs/dense/iter_600.pth
 # Budget K=1200 instead of 600 (the milestones are 0.75K and 0.9K):
@@ -24,4 +25,4 @@ param_scheduler = [
 ]
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 default_hooks = dict(checkpoint=dict(interval=finetune_iters))
-custom_hooks = [dict(type='mmsparse.RNGStateHook')]
+custom_hooks = [dict(type='mmsparse.RNGStateHook'), dict(type='mmsparse.RequireLoadFromHook')]

@@ -2,22 +2,25 @@
 configs/finetune/): the first masks are one-shot UMG of the LOADED weights (not of the random
 init), a legacy-format checkpoint starts the run, MMDetection's frozen set-up
 (``norm_eval=True``, ``frozen_stages=1``) stays frozen, the one-shot baseline's commands
-run, and the shipped configs parse. Tiny detector, tiny data, nothing downloaded."""
-import json
+run, a run without its start fails before training, and the shipped configs parse. Tiny
+detector, tiny data, nothing downloaded."""
+import logging
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner import BaseLoop, CheckpointLoader
 
 import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
 from conftest import REPO, TINY_CONFIG, assert_ok, checkpoint_state, run_tool, train
 from mmsparse.core import MaskSpec, cocktail_subnets, generate_masks, is_mask_key
-from mmsparse.engine.hooks.sparse_subnets_hook import load_from_state
-from mmsparse.models import sparsify_detector
+from mmsparse.engine.hooks import RequireLoadFromHook, SparseSubnetsHook
+from mmsparse.engine.sparse_checkpoint import load_from_state
+from mmsparse.models import attached_network, sparsify_detector
 
 ITERS = 3
 FINETUNE = REPO / 'configs/finetune'
@@ -122,13 +125,73 @@ def test_the_one_shot_baseline_commands_run(start):
     assert out.is_file() and 'nm@2:4' in out.read_text()
 
 
+def _serve(prefix, state):
+    """Make mmengine's loader answer URLs starting with ``prefix`` with ``state`` (a test
+    scheme stands in for https: nothing is downloaded)."""
+    CheckpointLoader.register_scheme(prefixes=prefix, force=True)(
+        lambda filename, map_location=None: {'state_dict': dict(state)})
+
+
 def test_load_from_url_is_read_by_mmengine_loader():
     """A URL ``load_from`` (the COCO config's model-zoo file) is read through mmengine's
-    loader, not refused as a missing local file (a test scheme stands in for https)."""
-    state = {'module.backbone.conv1.weight': torch.ones(2)}
-    CheckpointLoader.register_scheme(prefixes='mmsparse-test://', force=True)(
-        lambda filename, map_location=None: {'state_dict': dict(state)})
+    loader, not refused as a missing local file."""
+    _serve('mmsparse-test://', {'module.backbone.conv1.weight': torch.ones(2)})
     assert list(load_from_state('mmsparse-test://zoo/model.pth')) == ['backbone.conv1.weight']
+
+
+def test_masks_of_a_url_checkpoint_attach_without_a_subnets_list():
+    """``SparseSubnetsHook(subnets=None)`` (as tools/test.py uses it) takes the masked layers
+    from a URL ``load_from`` too."""
+    register_all_modules()
+    model_cfg = Config.fromfile(str(TINY_CONFIG)).model
+    trained = MODELS.build(model_cfg)
+    masked = sparsify_detector(trained)
+    generate_masks(masked, ['dense', 'nm@2:4'], MaskSpec())
+    _serve('mmsparse-masks-test://', trained.state_dict())
+    model = MODELS.build(model_cfg)
+    runner = SimpleNamespace(model=model, logger=logging.getLogger(__name__),
+                             cfg=Config(dict(load_from='mmsparse-masks-test://zoo/m.pth')))
+    SparseSubnetsHook(subnets=None).before_run(runner)
+    network = attached_network(model)  # its masks load later, with the weights
+    assert network is not None and sorted(network.layers) == sorted(masked.layers)
+
+
+def test_training_without_load_from_fails_before_the_first_iteration(start):
+    """A fine-tune config run without its start stops at ``before_run``, naming the option,
+    instead of training the random init with the fine-tune schedule."""
+    work = start['root'] / 'no_start'
+    result = run_tool(['tools/train.py', start['cfg'], '--work-dir', work])
+    assert result.returncode != 0
+    assert '--cfg-options load_from=CKPT' in result.stderr + result.stdout
+    assert not (work / 'first_masks.pth').exists() and not list(work.glob('*.pth'))
+
+
+class _Loop(BaseLoop):
+    def run(self):
+        pass
+
+
+def _runner(work_dir, load_from=None, resume=False, training=True):
+    return SimpleNamespace(_train_loop=_Loop(None, []) if training else dict(), work_dir=str(
+        work_dir), _load_from=load_from, _resume=resume)
+
+
+def test_require_load_from_hook_checks_the_start_of_training_runs(tmp_path):
+    hook = RequireLoadFromHook()
+    existing = tmp_path / 'start.pth'
+    existing.write_bytes(b'')
+    hook.before_run(_runner(tmp_path, load_from=str(existing)))
+    hook.before_run(_runner(tmp_path, load_from='https://example.com/zoo.pth'))  # mmengine's
+    hook.before_run(_runner(tmp_path, training=False))  # tools/test.py and other evaluations
+    with pytest.raises(ValueError, match='--cfg-options load_from=CKPT'):
+        hook.before_run(_runner(tmp_path))
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        hook.before_run(_runner(tmp_path, load_from=str(tmp_path / 'missing.pth')))
+    # --resume without load_from: the work dir's latest checkpoint is the start
+    with pytest.raises(ValueError, match='--resume found no checkpoint'):
+        hook.before_run(_runner(tmp_path, resume=True))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_2.pth'))
+    hook.before_run(_runner(tmp_path, resume=True))
 
 
 def test_shipped_finetune_configs_parse():
@@ -149,6 +212,7 @@ def test_shipped_finetune_configs_parse():
             assert cfg.load_from is None and iters == 600  # given on the command line
             assert cfg.optim_wrapper.optimizer.lr == 0.01
         hooks = {h['type']: h for h in cfg.custom_hooks}
+        assert 'mmsparse.RequireLoadFromHook' in hooks  # a run without its start fails
         if 'cocktail' in name:
             assert hooks['mmsparse.SparseCocktailHook']['stage_end'] == 0.5
             assert hooks['mmsparse.SparseSubnetsHook']['subnets'] == 'cocktail'
@@ -157,4 +221,4 @@ def test_shipped_finetune_configs_parse():
             assert hooks['mmsparse.SparseCocktailHook']['regenerate_masks'] is False
             assert hooks['mmsparse.SparseCocktailHook']['num_stages'] == 1
         else:
-            assert list(hooks) == ['mmsparse.RNGStateHook']
+            assert list(hooks) == ['mmsparse.RNGStateHook', 'mmsparse.RequireLoadFromHook']

@@ -16,6 +16,9 @@
 #   full-rate first step would undo part of it), half the from-scratch rate, x0.1 at 0.75K
 #   and 0.9K. One choice, not tuned (no tuning runs were available).
 #
+# - The start is required: RequireLoadFromHook stops a training run that has no `load_from`
+#   (it would train the random init) before anything trains, naming the option to set.
+#
 # Use as ./cocktail.py (the config sets custom_hooks and val_cfg):
 #   _base_ = [<dense fine-tune config>, '../_base_/sparsity/cocktail_finetune.py']
 #   custom_hooks = [*_base_.get('custom_hooks', []), *_base_.sparse_hooks]
@@ -24,4 +27,4 @@
 _base_ = ['./cocktail.py']
 sparse_cocktail = dict(_base_.sparse_cocktail, stage_end=0.5)
 sparse_hooks = [_base_.sparse_subnets, sparse_cocktail, _base_.rng_state,
-                _base_.subnet_bn_stats]
+                _base_.subnet_bn_stats, dict(type='mmsparse.RequireLoadFromHook')]

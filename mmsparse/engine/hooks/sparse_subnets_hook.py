@@ -1,8 +1,6 @@
 """Attach mmsparse's masked layers to the Runner's model (train and test)."""
 from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
-from mmengine.runner.checkpoint import _load_checkpoint
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from mmsparse.core import check_selection, generate_masks
 from mmsparse.core.batchnorm.stored_stats import drop_stored_bn_stats, stored_bn_count
@@ -13,23 +11,9 @@ from mmsparse.utils.checkpoint import portable_checkpoint
 from ..ema import ema_models, sync_ema_masks
 from ..hook_options import check_subnets_hook_options
 from ..network import unwrap
-from ..sparse_checkpoint import (check_checkpoint_layers, checkpoint_network, checkpoint_state,
-                                 holds_masks, reconcile_checkpoint_subnets,
+from ..sparse_checkpoint import (check_checkpoint_layers, checkpoint_network, holds_masks,
+                                 load_from_state, reconcile_checkpoint_subnets,
                                  register_checkpoint_bn_stats)
-
-
-def load_from_state(load_from):
-    """The state dict ``load_from`` names: a local file, or a URL (``https://``, e.g.
-    MMDetection's model zoo, ``torchvision://``, ...). ``before_run`` reads the checkpoint
-    before mmengine does, and mmsparse's local reader cannot open a URL: mmengine's own
-    loader fetches it (rank 0 downloads, into torch's hub cache, where ``load_or_resume``
-    then finds it without a second download)."""
-    if '://' not in str(load_from):
-        return checkpoint_state(load_from)
-    checkpoint = _load_checkpoint(str(load_from), map_location='cpu')
-    state = checkpoint.get('state_dict', checkpoint)
-    consume_prefix_in_state_dict_if_present(state, 'module.')
-    return state
 
 
 @HOOKS.register_module()
@@ -94,7 +78,9 @@ class SparseSubnetsHook(Hook):
                 register_checkpoint_bn_stats(model, state)
         else:
             load_from = runner.cfg.get('load_from')
-            network = (checkpoint_network(model, load_from, self.analysis_image_size)
+            # a local file or a URL (e.g. a model-zoo checkpoint), as above
+            network = (checkpoint_network(model, load_from_state(load_from),
+                                          self.analysis_image_size)
                        if load_from else None)
             if network is None:
                 runner.logger.info('mmsparse: the checkpoint holds no masks; only the dense '
