@@ -9,6 +9,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from mmdet.registry import MODELS
 from mmengine.config import Config
+from mmengine.runner import CheckpointLoader
 
 from mmsparse.core import DENSE, is_mask_key
 from mmsparse.core.subnets import SubnetSpec
@@ -81,8 +82,8 @@ def read_checkpoint(path):
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, '
-                              'not a state dict (a pickled model? export files of channel '
-                              'subnets are not mmsparse checkpoints)')
+                              'not a state dict (a pickled model? mmsparse reads the '
+                              'checkpoints training writes, with their mask buffers)')
     state = checkpoint.get('state_dict', checkpoint)
     consume_prefix_in_state_dict_if_present(state, 'module.')
     return state, checkpoint.get('meta', {})
@@ -199,6 +200,23 @@ def check_checkpoint_layers(state, network, subnets):
 def checkpoint_state(path):
     """The state dict of checkpoint ``path`` (see ``read_checkpoint``)."""
     return read_checkpoint(path)[0]
+
+
+def load_from_state(load_from):
+    """The state dict of a Runner's ``load_from``: a local file (``checkpoint_state``) or a
+    URL (``https://``, e.g. MMDetection's model zoo, ``torchvision://``, ...).
+
+    mmsparse's hooks read the checkpoint at ``before_run``, before mmengine loads it, and
+    the local reader cannot open a URL: mmengine's loader fetches it (rank 0 downloads, into
+    torch's hub cache, where mmengine's own loading then finds it without a second
+    download). The DDP ``module.`` prefix, if any, is removed, as ``read_checkpoint`` does.
+    """
+    if '://' not in str(load_from):
+        return checkpoint_state(load_from)
+    checkpoint = CheckpointLoader.load_checkpoint(str(load_from), map_location='cpu')
+    state = checkpoint.get('state_dict', checkpoint)
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    return state
 
 
 def checkpoint_network(model, checkpoint, image_size=(128, 128)):
