@@ -14,7 +14,8 @@ import torch
 from mmsparse.core import DENSE
 from mmsparse.core.batchnorm.stored_stats import stored_bn_stats
 from mmsparse.core.export.deploy import ExportError
-from mmsparse.engine.sparse_checkpoint import load_sparse_detector
+from mmsparse.engine.sparse_checkpoint import (CheckpointError, check_model_fits,
+                                               load_sparse_detector, read_checkpoint)
 from mmsparse.engine.subnet_export import bn_source, export_model
 
 
@@ -41,8 +42,10 @@ def subnet_models(cfg, checkpoint, subnets):
 
 def plain_model(cfg, checkpoint):
     """A model ``tools/export_subnet.py`` (or MMDetection) wrote: built from ``cfg.model``
-    with ``mmdet.apis.init_detector``, or, when the config has no model entry (a pickled
-    slimmed module), the module pickled in ``checkpoint`` (load only files you trust)."""
+    with ``mmdet.apis.init_detector`` (every weight of the model must be in the checkpoint
+    with its shape, else ExportError naming a few missing or mismatched keys), or, when the
+    config has no model entry (a pickled slimmed module), the module pickled in
+    ``checkpoint`` (load only files you trust)."""
     if cfg.get('model') is None:
         obj = torch.load(checkpoint, map_location='cpu', weights_only=False)
         if not isinstance(obj, dict) or not isinstance(obj.get('model'), torch.nn.Module):
@@ -50,25 +53,41 @@ def plain_model(cfg, checkpoint):
                               'pickled module ("model"): nothing to build the detector from')
         return obj['model'].cpu().eval()
     from mmdet.apis import init_detector
-    return init_detector(cfg, checkpoint, device='cpu').eval()
+    model = init_detector(cfg, checkpoint, device='cpu').eval()
+    # init_detector loads non-strictly: a checkpoint of another model (e.g. the training
+    # config with a slimmed subnet's weights) would only warn and export random weights.
+    state, _ = read_checkpoint(checkpoint)
+    try:
+        check_model_fits(model.state_dict(), state, checkpoint)
+    except CheckpointError as err:
+        raise ExportError(f'{err} For a tools/export_subnet.py export, pass the config it '
+                          'wrote beside the weights (X.py for X.pth).') from None
+    return model
 
 
-def _pipeline_scale(cfg):
+def _pipeline_resize(cfg):
+    """``((w, h), keep_ratio)`` of the test pipeline's Resize, or None."""
     dataloader = cfg.get('test_dataloader') or {}
     pipeline = (dataloader.get('dataset') or {}).get('pipeline') or cfg.get('test_pipeline') or []
     for step in pipeline:
         if 'Resize' in str(step.get('type', '')) and step.get('scale') is not None:
             scale = step['scale']
-            return (scale, scale) if isinstance(scale, int) else tuple(scale)
+            scale = (scale, scale) if isinstance(scale, int) else tuple(scale)
+            return scale, bool(step.get('keep_ratio', False))
     return None
 
 
 def default_shape(cfg, model):
-    """``(H, W)`` the features graph is exported at by default: the test pipeline's Resize
-    scale (MMDetection's ``(w, h)``), padded up to the data preprocessor's divisor."""
-    scale = _pipeline_scale(cfg)
-    if scale is None:
+    """``(H, W)`` the features graph is exported at by default, padded up to the data
+    preprocessor's divisor: the test pipeline's Resize scale (MMDetection's ``(w, h)``), or,
+    with ``keep_ratio``, a square of its long side (COCO's ``(1333, 800)``: 1344 x 1344), as
+    a portrait image is resized to at most 800 wide and 1333 high, a landscape one the other
+    way round."""
+    resize = _pipeline_resize(cfg)
+    if resize is None:
         raise ExportError('the test pipeline has no Resize with a scale; pass --shape H W')
+    (w, h), keep_ratio = resize
+    if keep_ratio:
+        w = h = max(w, h)
     divisor = getattr(model.data_preprocessor, 'pad_size_divisor', 1) or 1
-    w, h = scale
     return (math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor)

@@ -1,14 +1,17 @@
-"""Fixtures of the ONNX tests: the tiny Mask R-CNN (seeded random weights, no training) with
-channel and N:M masks attached, and preprocessed batches of the tiny shapes images."""
-import pytest
+"""Helpers of the ONNX tests: the tiny Mask R-CNN (seeded random weights, no training) and
+the comparison of two detectors' detections."""
 import torch
 
 from conftest import TINY_CONFIG
 
 SUBNETS = ['channel@0.25', 'nm@2:4']
+# float32 graphs: ONNX Runtime and PyTorch order sums differently, nothing more.
+FEATURE_TOL = 1e-4  # max abs diff / max(1, largest |output|), per graph
+BOX_TOL = 1e-3  # pixels
 
 
 def tiny_detector(seed=0):
+    """The tiny config's Mask R-CNN with seeded random weights, in eval mode."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -17,30 +20,14 @@ def tiny_detector(seed=0):
     return MODELS.build(Config.fromfile(str(TINY_CONFIG)).model).eval()
 
 
-@pytest.fixture(scope='session')
-def sparse_tiny(tmp_path_factory, tiny_data):
-    """``{'cfg', 'sparse', 'dense', 'groups'}``: the tiny config and checkpoints of one
-    seeded model, with the masks of SUBNETS attached (sparse), without (dense), and with
-    ``channel@0.5`` masks over channel groups (the FPN narrows too)."""
-    from mmsparse.core import generate_masks
-    from mmsparse.models import sparsify_detector
-    root = tmp_path_factory.mktemp('onnx_ckpt')
-    model = tiny_detector()
-    torch.save(dict(meta={}, state_dict=model.state_dict()), root / 'dense.pth')
-    generate_masks(sparsify_detector(model), SUBNETS)
-    torch.save(dict(meta={}, state_dict=model.state_dict()), root / 'sparse.pth')
-    model = tiny_detector()
-    generate_masks(sparsify_detector(model, channel_groups=True), ['channel@0.5'])
-    torch.save(dict(meta={}, state_dict=model.state_dict()), root / 'groups.pth')
-    return dict(cfg=TINY_CONFIG, sparse=root / 'sparse.pth', dense=root / 'dense.pth',
-                groups=root / 'groups.pth')
-
-
-@pytest.fixture(scope='session')
-def tiny_batches(tiny_data):
-    """The 4 validation images through the test pipeline, as 2 batches (unpreprocessed)."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    tiny_detector()  # registers mmdet's modules
-    cfg = Config.fromfile(str(TINY_CONFIG))
-    return list(Runner.build_dataloader(cfg.test_dataloader))
+def assert_same_detections(expected, got):
+    """Same detections: count, labels, scores and boxes within float32 noise; masks agree
+    on all but a few thresholded pixels."""
+    for e, g in zip(expected, got):
+        e, g = e.pred_instances, g.pred_instances
+        assert len(e) == len(g) > 0
+        assert torch.equal(e.labels, g.labels)
+        torch.testing.assert_close(g.scores, e.scores, atol=1e-5, rtol=0)
+        torch.testing.assert_close(g.bboxes, e.bboxes, atol=BOX_TOL, rtol=0)
+        if 'masks' in e:
+            assert (e.masks != g.masks).float().mean() < 1e-3

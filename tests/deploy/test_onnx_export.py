@@ -3,10 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from onnx_fixtures import tiny_detector
-
+from mmsparse.core import parse_subnet
+from mmsparse.core.export.deploy import ExportError
 from mmsparse.deploy import OnnxExportError, OrtDetector, export_onnx
 from mmsparse.deploy.onnx_export import detector_kind, flatten_outputs, unflatten_outputs
+from mmsparse.deploy.subnet_model import plain_model, subnet_models
+
+from .onnx_helpers import tiny_detector
 
 
 def test_unsupported_detectors_are_named():
@@ -46,3 +49,23 @@ def test_model_must_match_the_export(tmp_path):
         OrtDetector(model, str(tmp_path))
     with pytest.raises(FileNotFoundError, match='holds no manifest.json'):
         OrtDetector(model, str(tmp_path / 'nothing'))
+
+
+def test_plain_model_loads_strictly(sparse_tiny, tmp_path):
+    """The training config with a slimmed subnet's weights (or any other model's) is an
+    error naming the mismatched keys, not an export of random weights."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(sparse_tiny['cfg']))
+    (_, slim), = subnet_models(cfg, str(sparse_tiny['sparse']), [parse_subnet('channel@0.25')])
+    path = tmp_path / 'slim.pth'
+    torch.save(dict(meta={}, state_dict=slim.state_dict()), path)
+    with pytest.raises(ExportError, match=r"slim.pth' does not fit .*with another shape "
+                       r'\(e\.g\. backbone\..*config it wrote beside the weights'):
+        plain_model(cfg, str(path))
+    state = tiny_detector().state_dict()
+    del state['roi_head.mask_head.conv_logits.weight']
+    torch.save(dict(meta={}, state_dict=state), path)
+    with pytest.raises(ExportError, match=r'1 of \d+ weights missing \(e\.g\. '
+                       r'roi_head\.mask_head\.conv_logits\.weight\)'):
+        plain_model(cfg, str(path))
+    assert isinstance(plain_model(cfg, str(sparse_tiny['dense'])), torch.nn.Module)

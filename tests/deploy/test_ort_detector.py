@@ -3,30 +3,11 @@ channel subnet and nm@2:4 of the tiny Mask R-CNN, and a tiny RetinaNet."""
 import pytest
 import torch
 
-import onnx_fixtures
-from onnx_fixtures import tiny_detector
-
 from mmsparse.core import parse_subnet
 from mmsparse.deploy import OrtDetector, compare_with_torch, export_onnx
-from mmsparse.deploy.subnet_model import subnet_models
+from mmsparse.deploy.subnet_model import default_shape, subnet_models
 
-sparse_tiny, tiny_batches = onnx_fixtures.sparse_tiny, onnx_fixtures.tiny_batches
-# float32 graphs: ONNX Runtime and PyTorch order sums differently, nothing more.
-FEATURE_TOL = 1e-4  # max abs diff / max(1, largest |output|), per graph
-BOX_TOL = 1e-3  # pixels
-
-
-def assert_same_detections(expected, got):
-    """Same detections: count, labels, scores and boxes within float32 noise; masks agree
-    on all but a few thresholded pixels."""
-    for e, g in zip(expected, got):
-        e, g = e.pred_instances, g.pred_instances
-        assert len(e) == len(g) > 0
-        assert torch.equal(e.labels, g.labels)
-        torch.testing.assert_close(g.scores, e.scores, atol=1e-5, rtol=0)
-        torch.testing.assert_close(g.bboxes, e.bboxes, atol=BOX_TOL, rtol=0)
-        if 'masks' in e:
-            assert (e.masks != g.masks).float().mean() < 1e-3
+from .onnx_helpers import FEATURE_TOL, assert_same_detections, tiny_detector
 
 
 @pytest.mark.parametrize('checkpoint,subnet', [
@@ -66,6 +47,32 @@ def test_smaller_input_is_padded_larger_refused(tiny_batches, tmp_path):
     assert_same_detections(expected, ort.predict(inputs, data['data_samples']))
     with pytest.raises(ValueError, match=r'larger than the exported 96x96.*--shape 128 128'):
         ort.predict(torch.zeros(1, 3, 128, 128), data['data_samples'][:1])
+
+
+def test_keep_ratio_default_shape_fits_portrait_images(tmp_path):
+    """With keep_ratio a portrait image is resized to the scale's long side in height: the
+    default shape is a square of that side (here 96 x 96), so both orientations run."""
+    from mmdet.structures import DetDataSample
+    from mmengine.config import Config
+    model = tiny_detector()  # pad_size_divisor 32
+    resize = dict(type='Resize', scale=(96, 40), keep_ratio=True)  # MMDetection's (w, h)
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(pipeline=[resize]))))
+    assert default_shape(cfg, model) == (96, 96)
+    resize['keep_ratio'] = False
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(pipeline=[resize]))))
+    assert default_shape(cfg, model) == (64, 96)  # h 40 padded to 64, w 96
+
+    export_onnx(model, str(tmp_path), (96, 96), dynamo=False)
+    torch.manual_seed(1)
+    inputs = torch.randn(1, 3, 96, 64)  # a 96 x 40 portrait image, padded to the divisor
+    meta = dict(img_shape=(96, 40), ori_shape=(96, 40), scale_factor=(1.0, 1.0),
+                batch_input_shape=(96, 64), pad_shape=(96, 64))
+    samples = [DetDataSample(metainfo=meta)]
+    with torch.no_grad():
+        expected = model.predict(torch.nn.functional.pad(inputs, (0, 32)),
+                                 [s.clone() for s in samples])
+    got = OrtDetector(model, str(tmp_path)).predict(inputs, [s.clone() for s in samples])
+    assert_same_detections(expected, got)
 
 
 def test_dynamo_exporter(tiny_batches, tmp_path):

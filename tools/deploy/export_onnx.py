@@ -13,8 +13,11 @@ Examples::
 Each folder gets ``features.onnx`` (backbone, neck, dense head), for two-stage detectors
 ``bbox_head.onnx`` and ``mask_head.onnx`` (RoI heads, dynamic RoI count), ``config.py``
 (the model config whose post-processing runs around them) and ``manifest.json``. Run it
-with ``mmsparse.deploy.OrtDetector.from_dir(folder)``. After writing, the tool runs ONNX
-Runtime on a random input and prints the largest difference from PyTorch per graph.
+with ``mmsparse.deploy.OrtDetector.from_dir(folder)`` (for a pickled module, whose config has
+no model entry: ``OrtDetector(module, folder)``). The export is written to a temporary
+folder beside the target, run in ONNX Runtime on a random input and compared with PyTorch
+(the largest difference per graph is printed); only when it is within ``--tolerance`` is it
+moved into place, so a failed run leaves the target as it was.
 
 Existing outputs are refused unless ``--force`` is given, inputs are never overwritten; the
 check runs before anything is loaded.
@@ -22,6 +25,8 @@ check runs before anything is loaded.
 import argparse
 import os
 import os.path as osp
+import shutil
+import tempfile
 
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
@@ -52,7 +57,8 @@ def parse_args(argv=None):
                    'several are exported)')
     p.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), default=None,
                    help='preprocessed input size of the features graph (default: the test '
-                   "pipeline's Resize scale, padded to the preprocessor's divisor)")
+                   "pipeline's Resize scale, with keep_ratio a square of its long side, padded "
+                   "to the preprocessor's divisor)")
     p.add_argument('--legacy-exporter', action='store_true',
                    help='use the TorchScript-based exporter (torch.onnx.export(dynamo=False)) '
                    'instead of the dynamo one')
@@ -84,19 +90,55 @@ def out_dirs(out, subnets):
 
 
 def write_one(model, cfg_text, out_dir, shape, args, meta):
-    """Export ``model`` into ``out_dir``, check it against PyTorch; return the manifest."""
-    os.makedirs(out_dir, exist_ok=True)
-    manifest = export_onnx(model, out_dir, shape, dynamo=not args.legacy_exporter,
-                           extra_meta=meta)
-    atomic_write_text(osp.join(out_dir, 'config.py'), cfg_text)
-    diffs = compare_with_torch(model, out_dir)
-    manifest['check'] = diffs
-    atomic_write_json(osp.join(out_dir, MANIFEST), manifest)
-    bad = {g: d for g, d in diffs.items() if d['relative'] > args.tolerance}
-    if bad:
-        raise OnnxExportError(f'{out_dir}: ONNX Runtime differs from PyTorch beyond '
-                              f'--tolerance {args.tolerance}: {bad}')
+    """Export ``model`` into a temporary folder beside ``out_dir``, check it against PyTorch
+    and only then move it into place (see ``publish``); return the manifest.
+
+    A failed export or check leaves ``out_dir`` as it was: no folder that looks valid but
+    differs from PyTorch, no mix of an old and a new export after ``--force``.
+    """
+    parent = osp.dirname(osp.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(out_dir))}.', suffix='.tmp',
+                           dir=parent)
+    umask = os.umask(0)  # mkdtemp's folder is private; the export folder should not be
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        manifest = export_onnx(model, tmp, shape, dynamo=not args.legacy_exporter,
+                               extra_meta=meta)
+        atomic_write_text(osp.join(tmp, 'config.py'), cfg_text)
+        diffs = compare_with_torch(model, tmp)
+        bad = {g: d for g, d in diffs.items() if d['relative'] > args.tolerance}
+        if bad:
+            raise OnnxExportError(f'{out_dir}: ONNX Runtime differs from PyTorch beyond '
+                                  f'--tolerance {args.tolerance}: {bad}; the folder is left as it was')
+        manifest['check'] = diffs
+        atomic_write_json(osp.join(tmp, MANIFEST), manifest)
+        publish(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def publish(tmp, out_dir):
+    """Move the checked export in ``tmp`` to ``out_dir``: one rename when ``out_dir`` does
+    not exist, else file by file (the folder may hold other files, even this run's inputs),
+    the old manifest removed first and the new one moved last, so the folder is never a
+    valid-looking mix of two exports; outputs of the old export the new one lacks (a mask
+    head) are removed."""
+    if not osp.exists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    manifest = osp.join(out_dir, MANIFEST)
+    if osp.exists(manifest):
+        os.remove(manifest)
+    for name in FILES[:-1]:
+        src, dst = osp.join(tmp, name), osp.join(out_dir, name)
+        if osp.exists(src):
+            os.replace(src, dst)
+        elif osp.exists(dst):
+            os.remove(dst)
+    os.replace(osp.join(tmp, MANIFEST), manifest)
 
 
 def main(argv=None):
@@ -126,15 +168,19 @@ def main(argv=None):
         written.append((out_dir, write_one(model, cfg_text, out_dir, shape, args, info)))
         if bar is not None:
             bar.update()
+    # A pickled module's config has no model entry: from_dir cannot build the detector.
+    buildable = cfg.get('model') is not None
     for out_dir, manifest in written:
         label = manifest['subnet'] or osp.basename(args.checkpoint)
         shape = manifest['graphs']['features']['input_shape']
         diffs = ', '.join(f'{g} {d["max_abs_diff"]:.2e}' for g, d in manifest['check'].items())
+        run = (f'OrtDetector.from_dir({out_dir!r}).predict(inputs, data_samples)'
+               if buildable else
+               f'OrtDetector(model, {out_dir!r}).predict(inputs, data_samples) with the '
+               f'pickled module of {args.checkpoint} as model (config.py has no model entry)')
         print(f'\n{label} -> {out_dir} ({manifest["kind"]}, input {shape[2]}x{shape[3]}, '
               f'{manifest["exporter"]} exporter)\n  ONNX Runtime vs PyTorch, max abs diff: '
-              f'{diffs}\n  run: OrtDetector.from_dir({out_dir!r}).predict(inputs, '
-              'data_samples)  # mmsparse.deploy')
-
+              f'{diffs}\n  run: {run}  # mmsparse.deploy')
 
 if __name__ == '__main__':
     main()
