@@ -25,9 +25,11 @@ This script parses the command line and orchestrates; the export itself is
 
 The tool never overwrites its inputs (the config, the checkpoint) and refuses existing
 output files (the ``.pth`` and its ``.py``) unless ``--force`` is given; this is checked
-before anything is loaded, and every file is written to a temporary name and renamed.
+before anything is loaded, and every file is written to a temporary name and renamed. With
+several subnets the renames wait until all are written: one that fails leaves no file.
 """
 import argparse
+import contextlib
 import os
 import os.path as osp
 import textwrap
@@ -44,7 +46,7 @@ from mmsparse.engine.export_config import export_paths, exported_config_path, pl
 from mmsparse.engine.runner.calibration import calibration_batches
 from mmsparse.engine.sparse_checkpoint import (checkpoint_subnet_names, load_sparse_detector,
                                                read_checkpoint, tool_config)
-from mmsparse.engine.subnet_export import export_subnet
+from mmsparse.engine.subnet_export import export_subnet, needs_mmsparse
 from mmsparse.utils.safe_write import check_outputs
 
 
@@ -93,9 +95,7 @@ def check_request(args):
     if not subnets:
         raise SubnetNameError(f'--subnet {args.subnet!r} names no subnet; pass \'all\' or one '
                               'or more names the checkpoint holds')
-    if args.divisor > 1 and not any(s.pattern == 'channel' for s in (*subnets, *also)):
-        raise ExportError(f'--divisor rounds channel subnets\' widths, but none is requested '
-                          f'({args.subnet})')
+    check_channel_options(args, subnets, also)
     if args.semi_structured:
         wrong = [s.name for s in subnets if (s.pattern, s.n, s.m) != ('nm', 2, 4)]
         if wrong or also:
@@ -111,15 +111,30 @@ def check_request(args):
     return subnets, also
 
 
-def write_one(args, cfg, model, network, spec, also, out, source_meta, batches):
+def check_channel_options(args, subnets, also):
+    """Refuse --divisor and --pickle-module when no channel subnet is requested: they would
+    change nothing (called again for ``--subnet all`` once its names are known)."""
+    if any(s.pattern == 'channel' for s in (*subnets, *also)):
+        return
+    names = ', '.join(s.name for s in (*subnets, *also))
+    if args.divisor > 1:
+        raise ExportError(f'--divisor rounds channel subnets\' widths, but none is requested '
+                          f'({names})')
+    if args.pickle_module:
+        raise ExportError(f'--pickle-module applies to channel subnets (the others are always '
+                          f'written as a state dict), but none is requested ({names})')
+
+
+def write_one(args, cfg, model, network, spec, also, out, source_meta, batches, files=None):
     """Export one subnet as the command line asks (see ``export_subnet``)."""
     return export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
                          args.checkpoint, args.semi_structured,
-                         getattr(args, 'pickle_module', False), getattr(args, 'divisor', 1))
+                         getattr(args, 'pickle_module', False), getattr(args, 'divisor', 1),
+                         files)
 
 
 def how_to_load(info, out, config_path):
-    if info.get('narrowed_modules'):
+    if needs_mmsparse(info):
         return textwrap.dedent(f'''\
             # like any MMDetection model (mmsparse must be installed: the config's model is
             # mmsparse.SlimmedDetector, which rebuilds the slimmed architecture)
@@ -163,6 +178,7 @@ def main(argv=None):
     state, _ = read_checkpoint(args.checkpoint)  # memory-mapped: cheap; names a torn file
     if not isinstance(subnets, list):  # 'all'
         subnets = [parse_subnet(n) for n in checkpoint_subnet_names(state)]
+        check_channel_options(args, subnets, also)
     outs = check_outputs_of(args, subnets)
     del state
     register_all_modules()
@@ -177,12 +193,13 @@ def main(argv=None):
                if args.recalibrate_bn else [])
     bar = ProgressBar(len(subnets)) if len(subnets) > 1 else None
     written = []
-    for spec, out in zip(subnets, outs):
-        info, config_path = write_one(args, cfg, model, network, parse_subnet(spec), also, out,
-                                      source_meta, batches)
-        written.append((info, out, config_path))
-        if bar is not None:
-            bar.update()
+    with contextlib.ExitStack() as files:  # renamed into place once every subnet is written
+        for spec, out in zip(subnets, outs):
+            info, config_path = write_one(args, cfg, model, network, parse_subnet(spec), also,
+                                          out, source_meta, batches, files)
+            written.append((info, out, config_path))
+            if bar is not None:
+                bar.update()
     for info, out, config_path in written:
         label = ' + '.join([info['subnet'], *info['also']])
         if info.get('divisor'):

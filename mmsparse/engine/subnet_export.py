@@ -7,6 +7,8 @@ Channel subnets are physically slimmed; their config's model becomes
 ``mmsparse.SlimmedDetector`` with the narrowed widths (``export_config.slimmed_model_config``).
 Only on request (``pickle_module``) and for 2:4 semi-structured tensors is the module itself
 pickled. Beside each model the plain config (``export_config.plain_config``) is written.
+Passing an ``ExitStack`` as ``files`` defers the renames of several exports until all are
+written, so a failing subnet leaves none of them behind.
 """
 import contextlib
 import copy
@@ -14,17 +16,17 @@ import os.path as osp
 
 import torch
 
-from mmsparse.core import DENSE, channel_keep, fold_masks, slim_subnet
+from mmsparse.core import DENSE, fold_masks
 from mmsparse.core.batchnorm.recalibration import recalibrated_bn, restore_bn_stats, save_bn_stats
 from mmsparse.core.batchnorm.stored_stats import check_stored_bn_stats, stored_bn_stats
 from mmsparse.core.export.deploy import (ExportError, measured_sparsity, plain_value,
                                          semi_structured_needs_half, to_semi_structured)
 from mmsparse.core.export.narrowing import NarrowingError, narrowed_spec
-from mmsparse.core.export.slimming import round_channel_keep
+from mmsparse.core.export.slimming import slim_subnet_restoring
 from mmsparse.engine.export_config import (check_builds, exported_config_path, plain_config,
                                            slimmed_model_config)
 from mmsparse.engine.runner.calibration import forward_batches
-from mmsparse.utils.safe_write import atomic_save, atomic_write_text
+from mmsparse.utils.safe_write import atomic_path
 
 
 def recalibrate(model, batches):
@@ -38,15 +40,20 @@ def recalibrate(model, batches):
 def export_model(model, network, spec, also, divisor=1):
     """The exported nn.Module and whether its architecture differs from the config's
     (``divisor``: round slimmed layers' kept channels up to its multiples)."""
+    return _exported(model, network, spec, also, divisor)[:2]
+
+
+def _exported(model, network, spec, also, divisor):
+    """:func:`export_model`'s pair and how many removed channels ``divisor`` restored."""
     if network is None:
         if spec != DENSE or also:
             raise ExportError(f'subnet {spec.name!r} requested, but the checkpoint holds no '
                               "sparse subnets (no mask buffers): only 'dense' can be exported")
-        return copy.deepcopy(model), False
-    slimmed = any(s.pattern == 'channel' for s in (spec, *also))
-    if slimmed:
-        return slim_subnet(network, spec, also, divisor=divisor), True
-    return fold_masks(network, [spec, *also]), False
+        return copy.deepcopy(model), False, 0
+    if any(s.pattern == 'channel' for s in (spec, *also)):
+        slimmed, restored = slim_subnet_restoring(network, spec, also, divisor)
+        return slimmed, True, restored
+    return fold_masks(network, [spec, *also]), False, 0
 
 
 def bn_source(recalibrate_bn, model, network, also, divisor=1):
@@ -64,7 +71,8 @@ def bn_source(recalibrate_bn, model, network, also, divisor=1):
 
 
 def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
-                  source_checkpoint, semi_structured=False, pickle_module=False, divisor=1):
+                  source_checkpoint, semi_structured=False, pickle_module=False, divisor=1,
+                  files=None):
     """Write subnet ``spec`` (masks of ``also`` ANDed in) to ``out`` and its plain config
     beside it; both go through a temporary file renamed into place.
 
@@ -75,13 +83,15 @@ def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
         pickle_module: Pickle a channel-slimmed module (``{"meta", "model"}``) instead of
             writing its state dict and a config that rebuilds it.
         divisor: Round each slimmed layer's kept-channel count up to a multiple of it.
+        files: An ``ExitStack`` that renames the temporary files into place when it closes
+            (and removes them when it closes on an error); ``None``: rename them now.
 
     Returns:
         (the info dict stored under ``meta['mmsparse']``, the config's path).
     """
     source = 'recalibrated' if batches else bn_source(0, model, network, also, divisor)
     with stored_bn_stats(network, spec) if source == 'stored' else contextlib.nullcontext():
-        exported, slimmed = export_model(model, network, spec, also, divisor)
+        exported, slimmed, restored = _exported(model, network, spec, also, divisor)
     exported.eval()
     if batches:
         recalibrate(exported, batches)
@@ -97,51 +107,54 @@ def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
                 format=('pickled-module' if (slimmed and pickle_module) or semi_structured
                         else 'state_dict'), slimmed=slimmed)
     if slimmed and divisor != 1:
-        info.update(divisor=divisor, restored_channels=_restored(network, spec, also, divisor))
+        info.update(divisor=divisor, restored_channels=restored)
     meta = {k: v for k, v in plain_value(source_meta).items() if not k.startswith('mmsparse')}
     meta['mmsparse'] = info
     config_path = exported_config_path(out)
     plain = plain_config(cfg, None if info['format'] == 'pickled-module' else osp.abspath(out))
     if slimmed and info['format'] == 'state_dict':
-        _slimmed_config(plain, model, exported)
-        info['narrowed_modules'] = len(plain.model.narrowed)
+        info['narrowed_modules'] = _slimmed_config(plain, model, exported)
     if semi_structured:
         _to_semi_structured(exported, layer_names, info, plain)
     if info['format'] == 'state_dict':
-        atomic_save(dict(meta=meta, state_dict=exported.state_dict()), out)
+        payload = dict(meta=meta, state_dict=exported.state_dict())
     else:
         # The architecture is no longer the config's: save the module itself (its classes
         # are torch / MMCV / MMDetection ones) with the plain config for inference_detector.
         plain.pop('model', None)
         exported.cfg = plain
         exported.dataset_meta = meta.get('dataset_meta')
-        atomic_save(dict(meta=meta, model=exported), out)
+        payload = dict(meta=meta, model=exported)
     needs = ('Loads like any MMDetection model; its slimmed architecture needs mmsparse '
-             'installed' if 'narrowed_modules' in info else 'Loads with MMDetection alone')
+             'installed' if needs_mmsparse(info) else 'Loads with MMDetection alone')
     header = (f'# Exported by mmsparse tools/export_subnet.py: subnet {spec.name}'
               f'{" + " + ",".join(info["also"]) if also else ""} -> {osp.basename(out)} '
               f'({info["format"]}).\n# {needs}; see docs/export.md.\n')
-    atomic_write_text(config_path, header + plain.pretty_text)
+    with contextlib.ExitStack() if files is None else contextlib.nullcontext(files) as stack:
+        torch.save(payload, stack.enter_context(atomic_path(out)))
+        with open(stack.enter_context(atomic_path(config_path)), 'w') as f:
+            f.write(header + plain.pretty_text)
     return info, config_path
 
 
-def _restored(network, spec, also, divisor):
-    """How many removed channels ``divisor`` rounding restored, over all slimmed layers."""
-    channel = next(s for s in (spec, *also) if s.pattern == 'channel')
-    keep = channel_keep(network, channel)
-    rounded = round_channel_keep(network, keep, divisor)
-    return sum(int(rounded[n].sum() - keep[n].sum()) for n in keep)
+def needs_mmsparse(info):
+    """Whether an export's config builds ``mmsparse.SlimmedDetector`` (some module narrowed;
+    a ``divisor`` that restores every channel leaves the detector's own type)."""
+    return bool(info.get('narrowed_modules'))
 
 
 def _slimmed_config(plain, model, exported):
-    """Point ``plain``'s model at the slimmed architecture; refuse (naming the layer) a
-    slimming the config could not rebuild, before anything is written."""
+    """Point ``plain``'s model at the slimmed architecture (unless nothing was narrowed) and
+    return how many modules it narrows; refuse (naming the layer) a slimming the config
+    could not rebuild, before anything is written."""
     try:
         narrowed = narrowed_spec(model, exported)
     except NarrowingError as err:
         raise ExportError(f'{err}; --pickle-module writes the module itself instead') from err
-    slimmed_model_config(plain, narrowed)
+    if narrowed:  # else the detector's own type builds it: no mmsparse needed to load
+        slimmed_model_config(plain, narrowed)
     check_builds(plain, exported.state_dict())
+    return len(narrowed)
 
 
 def _to_semi_structured(exported, layer_names, info, plain):

@@ -3,92 +3,18 @@ and pickled ones in a process that never imports mmsparse; a slimmed channel sub
 imports mmsparse for its builder), with the COCO metrics tools/test.py reports for the subnet
 inside the checkpoint."""
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TINY_CONFIG, assert_ok, load_tool, run_tool
+from conftest import REPO, assert_ok, load_tool, run_tool
+import export_fixtures
+from export_fixtures import NAMES, export_api
 
-SUBNETS = 'unstructured@0.3,nm@2:4,channel@0.25'
-NAMES = ['unstructured@0.30', 'nm@2:4', 'channel@0.25']
-ITERS = 100
-
-
-@pytest.fixture(scope='module')
-def sparse_checkpoint(tmp_path_factory, tiny_data):
-    """The tiny Mask R-CNN trained briefly on the 8 training images (and evaluated there, so
-    every subnet's metrics are non-zero), with three subnets' masks attached."""
-    root = tmp_path_factory.mktemp('export')
-    cfg = root / 'tiny_eval.py'
-    cfg.write_text(textwrap.dedent(f'''
-        _base_ = ['{TINY_CONFIG}']
-        _ann = 'annotations/instances_train.json'
-        train_cfg = dict(max_iters={ITERS}, val_interval=1000)
-        default_hooks = dict(checkpoint=dict(interval={ITERS}), logger=dict(interval=50))
-        param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0,
-                                end={ITERS})]
-        val_dataloader = dict(dataset=dict(ann_file=_ann))
-        test_dataloader = val_dataloader
-        val_evaluator = dict(ann_file='{tiny_data}/' + _ann)
-        test_evaluator = val_evaluator
-    '''))
-    assert_ok(run_tool(['tools/train.py', cfg, '--work-dir', root / 'train']))
-    dense = root / 'train' / f'iter_{ITERS}.pth'
-    sparse = root / 'sparse.pth'
-    _attach_masks(cfg, dense, sparse)
-    return dict(root=root, cfg=cfg, dense=dense, sparse=sparse)
-
-
-def _attach_masks(cfg, dense, out):
-    """What tools/misc/attach_masks.py does, in this process (one interpreter start less)."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from mmengine.runner import load_checkpoint
-
-    import mmsparse.engine  # noqa: F401  (allow-lists mmengine checkpoint globals)
-    from mmsparse.core import generate_masks
-    from mmsparse.models import sparsify_detector
-    register_all_modules()
-    model = MODELS.build(Config.fromfile(str(cfg)).model)
-    checkpoint = load_checkpoint(model, str(dense), map_location='cpu')
-    generate_masks(sparsify_detector(model), SUBNETS.split(','))
-    torch.save(dict(meta=checkpoint['meta'], state_dict=model.state_dict()), out)
-
-
-@pytest.fixture(scope='module')
-def in_checkpoint(sparse_checkpoint):
-    """tools/test.py's metrics of the three subnets inside the sparse checkpoint."""
-    root = sparse_checkpoint['root']
-    result = run_tool(['tools/test.py', sparse_checkpoint['cfg'], sparse_checkpoint['sparse'],
-                       '--subnets', SUBNETS, '--work-dir', root / 'test', '--out',
-                       root / 'in_checkpoint.json'])
-    assert_ok(result)
-    return json.loads((root / 'in_checkpoint.json').read_text())
-
-
-@pytest.fixture(scope='module')
-def exported(sparse_checkpoint):
-    root = sparse_checkpoint['root']
-    result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
-                       sparse_checkpoint['sparse'], '--subnet', SUBNETS, '--out',
-                       root / 'exported'])
-    assert_ok(result)
-    return root / 'exported', result.stdout + result.stderr
-
-
-@pytest.fixture(scope='module')
-def pickled(sparse_checkpoint):
-    """The channel subnet exported the opt-in way: the slimmed module pickled."""
-    out = sparse_checkpoint['root'] / 'pickled' / 'channel@0.25.pth'
-    result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
-                       sparse_checkpoint['sparse'], '--subnet', 'channel@0.25',
-                       '--pickle-module', '--out', out])
-    assert_ok(result)
-    return out, result.stdout + result.stderr
-
+# the shared fixtures (each computed once per session, see export_fixtures)
+sparse_checkpoint, in_checkpoint = export_fixtures.sparse_checkpoint, export_fixtures.in_checkpoint
+exported, pickled = export_fixtures.exported, export_fixtures.pickled
 
 PLAIN = '''
 import json, runpy, sys
@@ -189,47 +115,6 @@ def test_exported_files(exported, in_checkpoint, sparse_checkpoint):
     assert log.count('] 3/3') == 1  # one progress bar over the three subnets
 
 
-def test_slimmed_export_builds_from_its_config_alone(exported):
-    """A fresh Config.fromfile + MMDetection's MODELS.build: no mmsparse object passed in."""
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    folder, _ = exported
-    init_default_scope('mmdet')
-    cfg = Config.fromfile(str(folder / 'channel@0.25.py'))
-    assert cfg.model.backbone.type == 'ResNet'  # the original keys stay where tools read them
-    assert cfg.custom_imports == dict(imports=['mmsparse'], allow_failed_imports=False)
-    assert cfg.load_from == str(folder / 'channel@0.25.pth')
-    model = MODELS.build(cfg.model)
-    state = torch.load(folder / 'channel@0.25.pth', weights_only=True)['state_dict']
-    model.load_state_dict(state, strict=True)
-    assert type(model.backbone.layer1[0].conv1) is torch.nn.Conv2d
-
-
-def test_pickled_module_is_opt_in(pickled):
-    out, log = pickled
-    slim = torch.load(out, weights_only=False)
-    info = slim['meta']['mmsparse']
-    assert info['format'] == 'pickled-module' and 'narrowed_modules' not in info
-    assert info['params'] == sum(p.numel() for p in slim['model'].parameters())
-    assert slim['model'].backbone.layer1[0].conv1.out_channels == 12  # 16 - 25 %
-    assert type(slim['model'].backbone.layer1[0].conv1) is torch.nn.Conv2d
-    assert 'mmsparse.' not in out.with_suffix('.py').read_text().replace('mmsparse tools/', '')
-    assert "model = torch.load(" in log and 'weights_only=False' in log  # the recipe
-
-
-def test_mmsparse_test_tool_runs_the_exported_config(exported, in_checkpoint, tmp_path):
-    folder, _ = exported
-    load_tool('tools/test.py').main([str(folder / 'channel@0.25.py'),
-                                     str(folder / 'channel@0.25.pth'), '--work-dir',
-                                     str(tmp_path / 'work'), '--out', str(tmp_path / 'm.json')])
-    metrics = json.loads((tmp_path / 'm.json').read_text())['dense']
-    inside = in_checkpoint['channel@0.25']
-    keys = [k for k in metrics if k.startswith('coco/')]
-    assert len(keys) == 12
-    assert all(abs(metrics[k] - inside[k]) <= 1e-3 for k in keys)
-
-
 def test_also_and_bn_recalibration(sparse_checkpoint, exported, tmp_path):
     out = tmp_path / 'combo.pth'
     result = run_tool(['tools/export_subnet.py', sparse_checkpoint['cfg'],
@@ -265,7 +150,7 @@ def test_unknown_subnet_and_maskless_checkpoint(sparse_checkpoint):
     from mmengine.config import Config
 
     from mmsparse.core import SubnetNameError, parse_subnet
-    tool = _tool()
+    tool = export_api()
     register_all_modules()
     cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
     model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['sparse']))
@@ -280,100 +165,11 @@ def test_unknown_subnet_and_maskless_checkpoint(sparse_checkpoint):
     assert not slimmed and dense.state_dict().keys() == model.state_dict().keys()
 
 
-def test_unrebuildable_slimmed_layer_fails_the_export_by_name(sparse_checkpoint, tmp_path,
-                                                                monkeypatch):
-    """A narrowed layer the config's builder could not re-create stops the export, naming
-    the layer, before any file is written."""
-    import argparse
-    import copy
-
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-
-    from mmsparse.core import parse_subnet
-    from mmsparse.engine import subnet_export
-    tool = _tool()
-    register_all_modules()
-    cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
-    model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['sparse']))
-    real = subnet_export.narrowed_spec
-
-    class Scaled(torch.nn.Module):  # own weights whose shapes no width attribute implies
-        def __init__(self, c):
-            super().__init__()
-            self.out_channels, self.scale = c, torch.nn.Parameter(torch.ones(c))
-
-    def with_custom_layer(reference, slimmed):
-        slimmed = copy.deepcopy(slimmed)
-        slimmed.backbone.layer1[0].conv1 = Scaled(12)
-        return real(reference, slimmed)
-
-    monkeypatch.setattr(subnet_export, 'narrowed_spec', with_custom_layer)
-    args = argparse.Namespace(checkpoint=str(sparse_checkpoint['sparse']), recalibrate_bn=0,
-                              semi_structured=False, pickle_module=False)
-    out = tmp_path / 'c.pth'
-    with pytest.raises(tool.ExportError, match=r'cannot rebuild the narrowed layer '
-                       r'backbone\.layer1\.0\.conv1 \(Scaled\).*--pickle-module'):
-        tool.write_one(args, cfg, model, network, parse_subnet('channel@0.25'), (), str(out),
-                       {}, [])
-    assert not list(tmp_path.iterdir())
-
-
-def test_divisor_rounds_the_slimmed_widths_up(sparse_checkpoint, tmp_path):
-    """--divisor 5: 12 of 16 channels become 15 (the strongest removed ones back), recorded
-    in the meta; the checkpoint + config still rebuild the model."""
-    import argparse
-
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-
-    from mmsparse.core import parse_subnet
-    tool, script = _tool(), load_tool('tools/export_subnet.py')
-    for argv, match in ((['--subnet', 'nm@2:4', '--divisor', '8'], "none is requested"),
-                        (['--subnet', 'channel@0.25', '--divisor', '0'], 'positive int')):
-        with pytest.raises(tool.ExportError, match=match):
-            script.check_request(script.parse_args(['c.py', 'x.pth', '--out', 'o.pth', *argv]))
-    register_all_modules()
-    cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
-    model, network, _ = tool.load_sparse_detector(cfg, str(sparse_checkpoint['sparse']))
-    args = argparse.Namespace(checkpoint=str(sparse_checkpoint['sparse']), recalibrate_bn=0,
-                              semi_structured=False, pickle_module=False, divisor=5)
-    out = tmp_path / 'c.pth'
-    info, config = tool.write_one(args, cfg, model, network, parse_subnet('channel@0.25'), (),
-                                  str(out), {}, [])
-    state = torch.load(out, weights_only=True)['state_dict']
-    assert info['divisor'] == 5 and info['restored_channels'] > 0
-    assert state['backbone.layer1.0.conv1.weight'].shape[0] == 15
-    exported_cfg = Config.fromfile(config)
-    built = MODELS.build(exported_cfg.model)
-    built.load_state_dict(state, strict=True)
-    full = dict(model.named_modules())
-    widths = {n: (w['out_channels'], full[n].out_channels)
-              for n, w in exported_cfg.model.narrowed.items() if 'out_channels' in w}
-    assert widths and all(w % 5 == 0 or w == dense for w, dense in widths.values()), widths
-
-
-def _tool():
-    """The tool's library side (the package modules it calls) and its ``write_one``."""
-    import types
-
-    from mmsparse.core.export.deploy import ExportError
-    from mmsparse.engine import export_config, subnet_export
-    from mmsparse.engine.sparse_checkpoint import load_sparse_detector
-    return types.SimpleNamespace(
-        ExportError=ExportError, load_sparse_detector=load_sparse_detector,
-        export_model=subnet_export.export_model, bn_source=subnet_export.bn_source,
-        plain_config=export_config.plain_config,
-        find_mmsparse_types=export_config.find_mmsparse_types,
-        write_one=load_tool('tools/export_subnet.py').write_one)
-
-
 def test_plain_config_of_a_cocktail_config():
     """The co-training config (hooks, SubnetValLoop, helper variables, the shapes dataset)
     becomes one with MMDetection types only."""
     from mmengine.config import Config
-    tool = _tool()
+    tool = export_api()
     cfg = Config.fromfile(
         str(REPO / 'configs/cocktail/mask-rcnn_r18_fpn_cocktail_600it_shapes.py'))
     assert cfg.val_cfg.type == 'mmsparse.SubnetValLoop' and 'cocktail_val_cfg' in cfg
@@ -408,7 +204,7 @@ def test_stored_bn_statistics_are_stored_by_the_tool_and_exported(sparse_checkpo
     load_tool('tools/misc/store_bn_stats.py').main([
         str(sparse_checkpoint['cfg']), str(sparse_checkpoint['sparse']), '--batches', '1',
         '--out', str(stored)])
-    tool = _tool()
+    tool = export_api()
     register_all_modules()
     cfg = Config.fromfile(str(sparse_checkpoint['cfg']))
     model, network, _ = tool.load_sparse_detector(cfg, str(stored))

@@ -12,8 +12,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-# The width attributes slimming may change (slim_channels sets the first five; a
-# GroupNorm's width is num_channels).
+# The width attributes narrowing rebuilds: slim_channels changes the first five; a
+# GroupNorm's num_channels is supported too, though slimming never narrows one (a GroupNorm
+# after a layer blocks removing its channels).
 WIDTH_ATTRIBUTES = ('in_channels', 'out_channels', 'in_features', 'out_features',
                     'num_features', 'num_channels')
 

@@ -336,15 +336,24 @@ def slim_subnet(network, subnet, also=(), divisor=1):
         divisor: Round each slimmed layer's kept channels up to a multiple of it
             (:func:`round_channel_keep`); 1 keeps the subnet exactly.
     """
+    return slim_subnet_restoring(network, subnet, also, divisor)[0]
+
+
+def slim_subnet_restoring(network, subnet, also=(), divisor=1):
+    """:func:`slim_subnet`'s model and how many removed channels ``divisor`` rounding put
+    back, summed over the slimmed layers (0 for ``divisor`` 1 or no channel subnet)."""
     specs = _as_specs(network, [subnet, *also])
     channel = [s for s in specs if s.pattern == 'channel']
     if len(channel) > 1:
         raise SlimmingError(f'at most one channel subnet can be slimmed, got '
                             f'{[s.name for s in channel]}')
     keep = channel_keep(network, channel[0]) if channel else None
+    restored = 0
     if keep is not None and divisor != 1:
-        keep = round_channel_keep(network, keep, divisor)
+        rounded = round_channel_keep(network, keep, divisor)
+        restored = sum(int(rounded[n].sum() - keep[n].sum()) for n in keep)
+        keep = rounded
     model = _fold(network, specs, zero_followers=not channel, keep=keep)
     if channel:
         slim_channels(model, network.graph, keep)
-    return model
+    return model, restored

@@ -8,12 +8,14 @@ from torch import nn
 
 from mmsparse.core import channel_keep, slim_subnet
 from mmsparse.core.export import NarrowingError, narrow_modules, narrowed_spec
-from mmsparse.core.export.slimming import SlimmingError, round_channel_keep
-from test_slimming import Composite, _detector_outputs, _network, _tiny_mask_rcnn
+from mmsparse.core.export.slimming import (SlimmingError, round_channel_keep,
+                                           slim_subnet_restoring)
+from export_models import (Composite, composite_network, detector_outputs,
+                           tiny_mask_rcnn_network)
 
 
 def test_composite_rebuilt_from_widths_equals_the_slimmed_model():
-    network, x = _network()
+    network, x = composite_network()
     slim = slim_subnet(network, 'channel@0.50').eval()
     spec = narrowed_spec(network.model, slim)
     assert json.loads(json.dumps(spec)) == spec  # plain ints: fit for a config
@@ -34,10 +36,10 @@ def test_tiny_mask_rcnn_rebuilt_from_widths_gives_the_masked_outputs():
     from mmengine.config import Config
 
     from conftest import TINY_CONFIG
-    network, inputs, samples = _tiny_mask_rcnn(channel_groups=True)
+    network, inputs, samples = tiny_mask_rcnn_network(channel_groups=True)
     network.set_active('channel@0.50')
     try:
-        expected = _detector_outputs(network.model, inputs, samples)
+        expected = detector_outputs(network.model, inputs, samples)
     finally:
         network.set_active('dense')
     slim = slim_subnet(network, 'channel@0.50').eval()
@@ -50,11 +52,16 @@ def test_tiny_mask_rcnn_rebuilt_from_widths_gives_the_masked_outputs():
     assert all(int(k.sum()) % 3 == 0 or k.all() for k in rounded.values())
     fresh = narrow_modules(MODELS.build(Config.fromfile(str(TINY_CONFIG)).model), spec).eval()
     fresh.load_state_dict(slim.state_dict(), strict=True)
-    got = _detector_outputs(fresh, inputs, samples)
-    for g, s, e in zip(got, _detector_outputs(slim, inputs, samples), expected):
+    got = detector_outputs(fresh, inputs, samples)
+    keep = network.layers['neck.fpn_convs.0.conv'].channel_keep(network.resolve('channel@0.50'))
+    narrowed = 0
+    for g, s, e in zip(got, detector_outputs(slim, inputs, samples), expected, strict=True):
         assert torch.equal(g, s)
-        if g.shape == e.shape:  # the FPN levels keep only their kept channels
-            assert torch.allclose(g, e, atol=1e-4, rtol=1e-4)
+        if g.shape != e.shape:  # an FPN level: the masked model's kept channels, the rest 0
+            assert not e[:, ~keep].any()
+            e, narrowed = e[:, keep], narrowed + 1
+        assert torch.allclose(g, e, atol=1e-4, rtol=1e-4)
+    assert narrowed == 5  # the four FPN outputs and the pooled fifth level
 
 
 class _Scaled(nn.Module):
@@ -96,7 +103,7 @@ def test_bad_narrowing_requests_change_nothing():
 
 
 def test_divisor_rounds_kept_channels_up_with_the_strongest_removed_ones():
-    network, x = _network()
+    network, x = composite_network()
     keep = channel_keep(network, 'channel@0.50')
     rounded = round_channel_keep(network, keep, 3)
     for name, kept in keep.items():
@@ -109,7 +116,10 @@ def test_divisor_rounds_kept_channels_up_with_the_strongest_removed_ones():
         l1 = layer.dense_weight.detach().abs().transpose(0, out_axis).flatten(1).sum(1)
         if restored.any() and (~new).any():
             assert l1[restored].min() >= l1[~new].max(), name
-    slim = slim_subnet(network, 'channel@0.50', divisor=3).eval()
+    slim, restored = slim_subnet_restoring(network, 'channel@0.50', divisor=3)
+    slim.eval()
+    assert restored == sum(int(rounded[n].sum() - keep[n].sum()) for n in keep) > 0
+    assert slim_subnet_restoring(network, 'channel@0.50')[1] == 0
     assert slim.conv.out_channels == int(rounded['conv'].sum())
     dense = network.layers['conv'].dense_weight.detach()
     # restored channels carry their dense weights (inputs: res.head's kept channels)

@@ -5,49 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from mmsparse.core import (MaskSpec, SlimmingError, SparseNetwork, SparsitySpecError,
-                           SubnetNameError, channel_keep, fold_masks, generate_masks, is_masked,
-                           slim_channels, slim_subnet)
-from tiny_models import ConvBNBias, Deconv, LinearHead, Residual, build, randomize_bn
-
-SUBNETS = ['unstructured@0.50', 'channel@0.50', 'nm@2:4']
-
-
-class Composite(nn.Module):
-    """Residual block, a conv with bias + BN, a deconv and a two-FC head in one network, so
-    every producer/follower/consumer kind (Conv2d, BatchNorm2d, ConvTranspose2d, Linear)
-    is sliced at once."""
-
-    def __init__(self):
-        super().__init__()
-        self.res = Residual(c=8)
-        self.conv = nn.Conv2d(4, 8, 3, padding=1, bias=True)
-        self.bn = nn.BatchNorm2d(8)
-        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
-        self.down = nn.Conv2d(8, 2, 4, stride=4)
-        self.fc1 = nn.Linear(32, 16)
-        self.fc2 = nn.Linear(16, 16)
-        self.cls = nn.Linear(16, 5)
-
-    def forward(self, x):
-        y = self.down(torch.relu(self.up(torch.relu(self.bn(self.conv(self.res(x)))))))
-        return self.cls(torch.relu(self.fc2(torch.relu(self.fc1(y.flatten(1))))))
-
-
-def _network(cls=None):
-    torch.manual_seed(0)
-    if cls is None:
-        model, x = Composite(), torch.randn(2, 3, 8, 8)
-        randomize_bn(model)
-        run = lambda m: m(x)  # noqa: E731
-    else:
-        model, run, x = build(cls)
-    # The tiny models are mostly stem and prediction layers: mask those too (and skip N:M,
-    # which the 3-channel stems cannot take).
-    network = SparseNetwork(model, run, sparsify_input_layers=cls is not None,
-                            sparsify_output_layers=True)
-    generate_masks(network, SUBNETS if cls is None else SUBNETS[:2], MaskSpec())
-    return network, x
+from export_models import (SUBNETS, composite_network, detector_outputs,
+                           tiny_mask_rcnn_network)
+from mmsparse.core import (SlimmingError, SparsitySpecError, SubnetNameError, channel_keep,
+                           fold_masks, is_masked, slim_channels, slim_subnet)
+from tiny_models import ConvBNBias, Deconv, LinearHead, Residual
 
 
 def _masked_output(network, x, name):
@@ -81,7 +43,7 @@ def _check_shapes(model):
 
 
 def test_composite_has_every_slicing_kind():
-    network, _ = _network()
+    network, _ = composite_network()
     channels = network.graph.channels
     assert {'res.conv1', 'conv', 'up', 'fc1', 'fc2'} <= set(network.channel_layers)
     assert channels['conv'].followers == ['bn'] and channels['conv'].consumers == ['up']
@@ -90,7 +52,7 @@ def test_composite_has_every_slicing_kind():
 
 @pytest.mark.parametrize('name', SUBNETS)
 def test_fold_masks_is_an_ordinary_model_with_the_masked_outputs(name):
-    network, x = _network()
+    network, x = composite_network()
     folded = fold_masks(network, name)
     assert not any(is_masked(m) for m in folded.modules())
     assert not any('mask_' in key for key in folded.state_dict())
@@ -117,7 +79,7 @@ def test_fold_masks_is_an_ordinary_model_with_the_masked_outputs(name):
 
 
 def test_fold_ands_several_masks():
-    network, _ = _network()
+    network, _ = composite_network()
     both = fold_masks(network, ['unstructured@0.50', 'nm@2:4'])
     u = network.layers['fc1'].mask_for(network.resolve('unstructured@0.50'))
     nm = network.layers['fc1'].mask_for(network.resolve('nm@2:4'))
@@ -126,7 +88,7 @@ def test_fold_ands_several_masks():
 
 @pytest.mark.parametrize('cls', [None, ConvBNBias, Residual, LinearHead, Deconv])
 def test_slimmed_channel_subnet_matches_the_masked_model(cls):
-    network, x = _network(cls)
+    network, x = composite_network(cls)
     expected = _masked_output(network, x, 'channel@0.50')
     slim = slim_subnet(network, 'channel@0.50')
     _check_shapes(slim)
@@ -140,7 +102,7 @@ def test_slimmed_channel_subnet_matches_the_masked_model(cls):
 
 
 def test_slimmed_widths_and_counts():
-    network, _ = _network()
+    network, _ = composite_network()
     keep = channel_keep(network, 'channel@0.50')
     assert set(keep) == set(network.channel_layers)
     slim = slim_subnet(network, 'channel@0.50', also=['unstructured@0.50'])
@@ -159,7 +121,7 @@ def test_slimmed_widths_and_counts():
 
 
 def test_non_removable_layer_is_refused():
-    network, _ = _network()
+    network, _ = composite_network()
     model = fold_masks(network, 'dense')
     with pytest.raises(SlimmingError, match=r'cannot remove output channels of res.conv2: .*Add'):
         slim_channels(model, network.graph, {'res.conv2': torch.ones(8, dtype=torch.bool)})
@@ -174,7 +136,7 @@ def test_non_removable_layer_is_refused():
 
 
 def test_unknown_subnet_lists_the_valid_ones():
-    network, _ = _network()
+    network, _ = composite_network()
     with pytest.raises(SubnetNameError, match=r"unknown subnet 'channel@0.30'; this model "
                        'holds: dense, unstructured@0.50, channel@0.50, nm@2:4'):
         fold_masks(network, 'channel@0.30')
@@ -184,54 +146,18 @@ def test_unknown_subnet_lists_the_valid_ones():
         channel_keep(network, 'channel@0.30')
 
 
-def _tiny_mask_rcnn(channel_groups=False):
-    from mmdet.registry import MODELS
-    from mmdet.testing import demo_mm_inputs
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-
-    from conftest import TINY_CONFIG
-    from mmsparse.models import sparsify_detector
-    register_all_modules()
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(str(TINY_CONFIG)).model)
-    model.init_weights()
-    randomize_bn(model)
-    network = sparsify_detector(model, channel_groups=channel_groups)
-    generate_masks(network, SUBNETS, MaskSpec())
-    model.eval()
-    packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 64)], num_items=[2],
-                            num_classes=2, with_mask=True)
-    data = model.data_preprocessor(packed, False)
-    return network, data['inputs'], data['data_samples']
-
-
 @pytest.fixture(scope='module')
 def tiny_mask_rcnn():
     """The tests' tiny Mask R-CNN (real MMDetection modules), masks from UMG, random init
     with non-trivial BatchNorms, and one preprocessed synthetic image."""
-    return _tiny_mask_rcnn()
-
-
-def _detector_outputs(model, inputs, samples):
-    """Features, RPN maps, box head and mask head outputs on fixed RoIs: every layer, and
-    no NMS or top-k whose order float rounding could flip."""
-    from mmdet.structures.bbox import bbox2roi
-    with torch.no_grad():
-        feats = model.extract_feat(inputs)
-        rpn_cls, rpn_reg = model.rpn_head(feats)
-        rois = bbox2roi([torch.tensor([[4., 4., 40., 40.], [10., 20., 60., 50.]])])
-        box = model.roi_head._bbox_forward(feats, rois)
-        mask = model.roi_head._mask_forward(feats, rois)
-    return [*feats, *rpn_cls, *rpn_reg, box['cls_score'], box['bbox_pred'],
-            mask['mask_preds']]
+    return tiny_mask_rcnn_network()
 
 
 def _masked_then_slimmed(network, inputs, samples, name='channel@0.50'):
     """The masked detector's outputs and prediction under ``name``, and its slimmed copy."""
     network.set_active(name)
     try:
-        expected = _detector_outputs(network.model, inputs, samples)
+        expected = detector_outputs(network.model, inputs, samples)
         with torch.no_grad():
             prediction = network.model.predict(inputs, samples)[0]
     finally:
@@ -259,7 +185,7 @@ def test_tiny_mask_rcnn_slimmed_equals_masked(tiny_mask_rcnn):
     assert widths == {'backbone.layer1.0.conv1': 8, 'rpn_head.rpn_conv': 8,
                       'roi_head.bbox_head.shared_fcs.0': 16}
     assert slim.roi_head.mask_head.upsample.weight.shape[1] == 8  # deconv's out axis is 1
-    got = _detector_outputs(slim, inputs, samples)
+    got = detector_outputs(slim, inputs, samples)
     for g, e in zip(got, expected):
         assert g.shape == e.shape
         assert torch.allclose(g, e, atol=1e-4, rtol=1e-4)
@@ -272,10 +198,10 @@ def test_tiny_mask_rcnn_fold_is_exact(tiny_mask_rcnn):
         folded = fold_masks(network, name).eval()
         network.set_active(name)
         try:
-            expected = _detector_outputs(network.model, inputs, samples)
+            expected = detector_outputs(network.model, inputs, samples)
         finally:
             network.set_active('dense')
-        for g, e in zip(_detector_outputs(folded, inputs, samples), expected):
+        for g, e in zip(detector_outputs(folded, inputs, samples), expected):
             assert torch.equal(g, e), name
 
 
@@ -283,7 +209,7 @@ def test_tiny_mask_rcnn_channel_groups_slim_the_fpn_and_the_roi_features():
     """With channel_groups the residual streams (with a projection shortcut), the FPN's
     laterals and outputs, and with them RoIAlign, the RPN conv's and the heads' inputs
     shrink; the slimmed detector still computes the masked one's outputs."""
-    network, inputs, samples = _tiny_mask_rcnn(channel_groups=True)
+    network, inputs, samples = tiny_mask_rcnn_network(channel_groups=True)
     groups = network.channel_layer_groups()
     assert ('neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv', 'neck.fpn_convs.2.conv',
             'neck.fpn_convs.3.conv') in groups
@@ -300,7 +226,7 @@ def test_tiny_mask_rcnn_channel_groups_slim_the_fpn_and_the_roi_features():
     assert slim.roi_head.bbox_head.shared_fcs[0].in_features == 8 * 49
     assert slim.roi_head.mask_head.convs[0].conv.in_channels == 8
     keep = network.layers['neck.fpn_convs.0.conv'].channel_keep(network.resolve('channel@0.50'))
-    got = _detector_outputs(slim, inputs, samples)
+    got = detector_outputs(slim, inputs, samples)
     for g, e in zip(got[:5], expected[:5]):  # the FPN levels: the kept channels, the rest 0
         assert torch.allclose(g, e[:, keep], atol=1e-4, rtol=1e-4)
         assert not e[:, ~keep].any()
@@ -312,7 +238,7 @@ def test_tiny_mask_rcnn_channel_groups_slim_the_fpn_and_the_roi_features():
 # -- mmsparse/core/export/deploy.py: the torch-only helpers of tools/export_subnet.py --------
 def test_measured_sparsity_counts_zeros_and_sliced_weights():
     from mmsparse.core.export.deploy import measured_sparsity
-    network, _ = _network()
+    network, _ = composite_network()
     dense = {n: layer.dense_weight.numel() for n, layer in network.layers.items()}
     folded = fold_masks(network, 'unstructured@0.50')
     assert measured_sparsity(folded, list(network.layers), dense) == pytest.approx(0.5, abs=1e-3)
@@ -324,7 +250,7 @@ def test_measured_sparsity_counts_zeros_and_sliced_weights():
 
 def test_two_four_check_and_cpu_conversion_error():
     from mmsparse.core.export.deploy import ExportError, is_two_four, to_semi_structured
-    network, _ = _network()
+    network, _ = composite_network()
     folded = fold_masks(network, 'nm@2:4')
     assert is_two_four(folded.fc1.weight) and not is_two_four(network.layers['fc1'].dense_weight)
     assert not is_two_four(torch.ones(4, 6))  # in_features not a multiple of 4
@@ -353,7 +279,7 @@ def test_semi_structured_conversion_picks_the_2_4_linear_layers(monkeypatch):
         return weight.clone()
     monkeypatch.setattr(export, 'semi_structured_support', lambda: None)
     monkeypatch.setattr(torch.sparse, 'to_sparse_semi_structured', fake)
-    network, _ = _network()
+    network, _ = composite_network()
     folded = fold_masks(network, 'nm@2:4')
     with torch.no_grad():
         folded.fc2.weight.fill_(1.0)  # no longer 2:4
@@ -375,7 +301,7 @@ def test_semi_structured_conversion_casts_to_the_kernel_dtype(monkeypatch):
         return weight.clone()
     monkeypatch.setattr(export, 'semi_structured_support', lambda: None)
     monkeypatch.setattr(torch.sparse, 'to_sparse_semi_structured', fake)
-    network, _ = _network()
+    network, _ = composite_network()
     folded = fold_masks(network, 'nm@2:4')
     converted, _ = export.to_semi_structured(folded, list(network.layers), torch.float16)
     assert converted == ['fc1', 'fc2', 'cls'] and seen == [torch.float16] * 3
@@ -387,7 +313,7 @@ def test_semi_structured_needs_half_for_fp32_off_ampere(monkeypatch):
     """cuSPARSELt has no fp32 kernels and CUTLASS's fp32 ones run on compute capability 8.x
     only: fp32 Linear layers need fp16 on a Hopper GPU, not on an A100, and fp16 never."""
     from mmsparse.core.export import deploy as export
-    network, _ = _network()
+    network, _ = composite_network()
     folded = fold_masks(network, 'nm@2:4')
     names = list(network.layers)
     for capability, fp32_needs_half in (((9, 0), True), ((8, 0), False), ((8, 6), False)):
@@ -412,7 +338,7 @@ def test_channel_subnet_params_count_what_slimming_removes(tiny_mask_rcnn):
 def test_export_copies_modules_caching_tensors_with_autograd_history():
     """A head that keeps loss-time tensors (CondInst's ``_raw_positive_infos``) as attributes:
     the export's copy holds them detached instead of failing to deep-copy them."""
-    network, x = _network()
+    network, x = composite_network()
     cached = network.model(x)  # has autograd history
     network.model.res._cache = dict(scores=[cached * 2])
     assert cached.grad_fn is not None
