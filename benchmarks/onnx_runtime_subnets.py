@@ -28,7 +28,11 @@ shapes model with trained weights); masks are made by unified mask generation on
 Usage (from the repository root)::
 
     python benchmarks/onnx_runtime_subnets.py --size 800 1333 --threads 1 --same-boxes \\
-        --out benchmarks/results/onnx_runtime_r50_coco_size.json
+        --divisor 8 --out benchmarks/results/onnx_runtime_r50_coco_size.json
+    python benchmarks/onnx_runtime_subnets.py --size 128 128 --threads 1 --divisor 8 \\
+        --config configs/shapes/mask-rcnn_r18_fpn_shapes.py \\
+        --checkpoint work_dirs/dense_t1024_3600_seed0/iter_3600.pth \\
+        --out benchmarks/results/onnx_runtime_shapes.json
 """
 import argparse
 import json
@@ -97,6 +101,9 @@ def main():
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, default=1,
                         help='threads of ONNX Runtime and of torch alike')
+    parser.add_argument('--divisor', type=int, default=1,
+                        help='also measure each channel subnet with its kept channels rounded '
+                        'up to a multiple of this (export_subnet.py --divisor), as <name>/d<D>')
     parser.add_argument('--channel-groups', action='store_true')
     parser.add_argument('--same-boxes', action='store_true')
     parser.add_argument('--keep-onnx', help='folder to keep the ONNX exports in')
@@ -131,16 +138,19 @@ def main():
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.keep_onnx or tmp.name)
-    fns, figures, exported = {}, {}, {}
-    for name in names:
-        m = slim_subnet(network, name).eval()
-        exported[name] = m
-        folder = root / name.replace('@', '').replace(':', '-')
+    fns, figures = {}, {}
+    variants = [(name, 1) for name in names] + [
+        (name, args.divisor) for name in names if name.startswith('channel')
+        and args.divisor > 1]
+    names = [name if d == 1 else f'{name}/d{d}' for name, d in variants]
+    for (subnet, divisor), name in zip(variants, names):
+        m = slim_subnet(network, subnet, divisor=divisor).eval()
+        folder = root / name.replace('@', '').replace(':', '-').replace('/', '_')
         folder.mkdir(parents=True, exist_ok=True)
         export_onnx(m, str(folder), shape)
         ort = OrtDetector(m, str(folder), threads=args.threads)
         graph = FeaturesGraph(m, detector_kind(m)).eval()
-        tag = name.replace('@', '')
+        tag = name.replace('@', '').replace('/', '_')
         figures[f'{tag}_params'] = sum(p.numel() for p in m.parameters())
         figures[f'{tag}_params_nonzero'] = sum(int((p != 0).sum()) for p in m.parameters())
         figures[f'{tag}_features_gflops'] = FlopAnalyzer(graph, (inputs,)).total() / 1e9
@@ -158,12 +168,12 @@ def main():
 
     times = time_runs(fns, args.warmup, args.repeat)
     for (name, runtime, part), runs in times.items():
-        tag = name.replace('@', '')
+        tag = name.replace('@', '').replace('/', '_')
         stats = summarize(runs)
         figures[f'{tag}_{runtime}_{part}_ms'] = stats['latency_ms']
         figures[f'{tag}_{runtime}_{part}_iqr_ms'] = stats['latency_iqr_ms']
     for name in names:
-        tag = name.replace('@', '')
+        tag = name.replace('@', '').replace('/', '_')
         for part in ('features', 'detector'):
             ideal = figures[f'dense_{part}_gflops'] / figures[f'{tag}_{part}_gflops']
             figures[f'{tag}_{part}_ideal_speedup'] = ideal
@@ -173,6 +183,7 @@ def main():
                 figures[f'{tag}_{runtime}_{part}_speedup'] = speedup
                 figures[f'{tag}_{runtime}_{part}_efficiency'] = speedup / ideal
     figures = dict(image=[height, width], padded=list(shape), config=args.config,
+                   divisor=args.divisor,
                    checkpoint=args.checkpoint, channel_groups=args.channel_groups,
                    same_boxes=args.same_boxes, threads=args.threads, repeat=args.repeat,
                    warmup=args.warmup, load_avg_before=list(load_before),
