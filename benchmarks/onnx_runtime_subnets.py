@@ -12,6 +12,9 @@ Timed per subnet, interleaved round by round so that drift in machine load hits 
   plus MMDetection's own post-processing in PyTorch - proposals, NMS, RoIAlign, mask
   pasting / ``model.predict`` in eager).
 
+``--openvino`` also times the same ``features.onnx`` compiled by OpenVINO for the CPU
+(``pip install openvino``; not a project requirement).
+
 FLOPs (multiply-adds) are counted by ``mmengine.analysis.FlopAnalyzer`` on the exported
 module (the features graph; the whole detector with the RoI heads on the dense model's
 proposals), so the ideal speed-up is what dense kernels would gain: for ``nm@2:4`` and
@@ -32,7 +35,7 @@ Usage (from the repository root)::
     python benchmarks/onnx_runtime_subnets.py --size 128 128 --threads 1 --divisor 8 \\
         --config configs/shapes/mask-rcnn_r18_fpn_shapes.py \\
         --checkpoint work_dirs/dense_t1024_3600_seed0/iter_3600.pth \\
-        --out benchmarks/results/onnx_runtime_shapes.json
+        --openvino --out benchmarks/results/onnx_runtime_shapes.json
 """
 import argparse
 import json
@@ -84,6 +87,14 @@ def load_model(config, checkpoint):
     return model.eval()
 
 
+def openvino_features(path, threads, array):
+    """A no-argument callable running the ONNX features graph in OpenVINO on the CPU."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_NUM_THREADS': threads})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: array})
+
+
 def onnx_size_mb(folder):
     files = [f for f in Path(folder).glob('*.onnx')]
     return (sum(f.stat().st_size for f in files) / 2**20,
@@ -106,6 +117,10 @@ def main():
                         'up to a multiple of this (export_subnet.py --divisor), as <name>/d<D>')
     parser.add_argument('--channel-groups', action='store_true')
     parser.add_argument('--same-boxes', action='store_true')
+    parser.add_argument('--parts', default='features,detector',
+                        help='what to time: features (the graph), detector (whole predict)')
+    parser.add_argument('--openvino', action='store_true',
+                        help='also time the features graph in OpenVINO (pip install openvino)')
     parser.add_argument('--keep-onnx', help='folder to keep the ONNX exports in')
     parser.add_argument('--out', help='write the figures as JSON')
     args = parser.parse_args()
@@ -162,10 +177,15 @@ def main():
         fns[(name, 'ort', 'features')] = lambda o=ort, a=array: o.run_features(a)
         fns[(name, 'ort', 'detector')] = lambda o=ort: o.predict(inputs, samples)
         fns[(name, 'eager', 'features')] = lambda g=graph: g(inputs)
+        if args.openvino:
+            fns[(name, 'openvino', 'features')] = openvino_features(
+                folder / 'features.onnx', args.threads, array)
         fns[(name, 'eager', 'detector')] = lambda m=m: m.predict(inputs, samples)
         print(f'exported {name}', flush=True)
     del model, network
 
+    parts = args.parts.split(',')
+    fns = {key: fn for key, fn in fns.items() if key[2] in parts}
     times = time_runs(fns, args.warmup, args.repeat)
     for (name, runtime, part), runs in times.items():
         tag = name.replace('@', '').replace('/', '_')
@@ -177,7 +197,9 @@ def main():
         for part in ('features', 'detector'):
             ideal = figures[f'dense_{part}_gflops'] / figures[f'{tag}_{part}_gflops']
             figures[f'{tag}_{part}_ideal_speedup'] = ideal
-            for runtime in ('ort', 'eager'):
+            for runtime in ('ort', 'eager', 'openvino'):
+                if f'{tag}_{runtime}_{part}_ms' not in figures:
+                    continue
                 speedup = (figures[f'dense_{runtime}_{part}_ms']
                            / figures[f'{tag}_{runtime}_{part}_ms'])
                 figures[f'{tag}_{runtime}_{part}_speedup'] = speedup
