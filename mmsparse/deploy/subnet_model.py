@@ -6,17 +6,15 @@ the weights, channel subnets physically slimmed, BatchNorm statistics the subnet
 the checkpoint stores them. A model ``tools/export_subnet.py`` wrote is loaded as MMDetection
 loads it.
 """
-import contextlib
 import math
 
 import torch
 
 from mmsparse.core import DENSE
-from mmsparse.core.batchnorm.stored_stats import stored_bn_stats
 from mmsparse.core.export.deploy import ExportError
 from mmsparse.engine.sparse_checkpoint import (CheckpointError, check_model_fits,
                                                load_sparse_detector, read_checkpoint)
-from mmsparse.engine.subnet_export import bn_source, export_model
+from mmsparse.engine.subnet_export import subnet_module
 
 
 def subnet_models(cfg, checkpoint, subnets):
@@ -33,11 +31,7 @@ def subnet_models(cfg, checkpoint, subnets):
             if spec != DENSE:
                 network.resolve(spec)
     for spec in subnets:
-        source = bn_source(0, model, network, ())
-        with (stored_bn_stats(network, spec) if source == 'stored'
-              else contextlib.nullcontext()):
-            exported, _ = export_model(model, network, spec, ())
-        yield spec, exported.eval()
+        yield spec, subnet_module(model, network, spec)[0]
 
 
 def plain_model(cfg, checkpoint):

@@ -56,6 +56,21 @@ def _exported(model, network, spec, also, divisor):
     return fold_masks(network, [spec, *also]), False, 0
 
 
+def subnet_module(model, network, spec, also=(), divisor=1, recalibrating=False):
+    """The exported eval-mode module of ``spec`` with the BatchNorm statistics it is
+    exported with (the subnet's stored ones where :func:`bn_source` says so).
+
+    Returns:
+        (module, whether its architecture differs from the config's, channels ``divisor``
+        restored, the BatchNorm source: ``'recalibrated'`` when ``recalibrating``, the
+        statistics then left to the caller).
+    """
+    source = 'recalibrated' if recalibrating else bn_source(0, model, network, also, divisor)
+    with stored_bn_stats(network, spec) if source == 'stored' else contextlib.nullcontext():
+        exported, slimmed, restored = _exported(model, network, spec, also, divisor)
+    return exported.eval(), slimmed, restored, source
+
+
 def bn_source(recalibrate_bn, model, network, also, divisor=1):
     """Where the exported model's BatchNorm statistics come from: ``'recalibrated'``
     (``recalibrate_bn`` batches), ``'stored'`` (the subnet's own, stored in the checkpoint)
@@ -89,10 +104,8 @@ def export_subnet(cfg, model, network, spec, also, out, source_meta, batches,
     Returns:
         (the info dict stored under ``meta['mmsparse']``, the config's path).
     """
-    source = 'recalibrated' if batches else bn_source(0, model, network, also, divisor)
-    with stored_bn_stats(network, spec) if source == 'stored' else contextlib.nullcontext():
-        exported, slimmed, restored = _exported(model, network, spec, also, divisor)
-    exported.eval()
+    exported, slimmed, restored, source = subnet_module(
+        model, network, spec, also, divisor, recalibrating=bool(batches))
     if batches:
         recalibrate(exported, batches)
     layer_names = list(network.layers) if network is not None else []
