@@ -10,14 +10,23 @@ detector"); this script only collects what they wrote:
   and ``work_dirs/ft_dense_t1024_<K>_seed<S>/results.json``;
 * (c) co-training fine-tunes: ``work_dirs/ft_cocktail_t1024_<K>_seed<S>/results_all.json``.
 
-Seconds per iteration are the median of mmengine's logged ``time`` (every 20 iterations,
-the first 100 iterations left out) in each run's ``vis_data/scalars.json``.
+Seconds per iteration come from mmengine's logged ``time`` (the mean over each 20-iteration
+logging window) in each run's ``vis_data/scalars.json``: ``mean`` over the whole run (mask
+regenerations and stage changes included, the cost a user pays) and ``median_after_100``
+(steady state). Both depend on what else ran on the machine: compare runs that ran side by
+side.
+
+The co-training may have several seeds (``--seeds 0,1``); the one-shot and dedicated
+baselines have one (``--dedicated-seed``).
 
 Usage (from the repository root)::
 
     python benchmarks/finetune_shapes.py --budget 600 \\
         --plot docs/images/finetune_shapes_600.png \\
         --out benchmarks/results/finetune_shapes_600.json
+    python benchmarks/finetune_shapes.py --budget 1200 --seeds 0,1 \\
+        --plot docs/images/finetune_shapes_1200.png \\
+        --out benchmarks/results/finetune_shapes_1200.json
 """
 import argparse
 import glob
@@ -49,12 +58,17 @@ def logged(work_dir):
 
 
 def seconds_per_iter(work_dir):
+    """Logged seconds per iteration of a run: whole-run mean and steady-state median."""
     train, _ = logged(work_dir)
-    times = [x['time'] for x in train if x.get('step', x.get('iter', 0)) > 100]
-    return statistics.median(times) if times else None
+    if not train:
+        return None
+    steady = [x['time'] for x in train if x.get('step', x.get('iter', 0)) > 100]
+    return dict(mean=statistics.mean(x['time'] for x in train),
+                median_after_100=statistics.median(steady) if steady else None)
 
 
-def plot(cocktail, oneshot, dedicated, start, path, budget):
+def plot(cocktails, oneshot, dedicated, start, path, budget):
+    """mAP against sparsity: a line per pattern and co-training seed, baselines as points."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -62,77 +76,95 @@ def plot(cocktail, oneshot, dedicated, start, path, budget):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, metric in zip(axes, METRICS):
         ax.axhline(start[metric], color='k', linestyle=':', label='start (dense checkpoint)')
-        lines = {}
-        for name, row in (cocktail or {}).items():
-            pattern = parse_subnet(name).pattern
-            if pattern == 'dense':
-                ax.axhline(row[metric], color='k', linestyle='--', label='(c) dense')
-                continue
-            lines.setdefault(pattern, []).append((row['sparsity'], row[metric]))
-        for pattern, points in sorted(lines.items()):
-            points.sort()
-            ax.plot([100 * x for x, _ in points], [y for _, y in points], '.-',
-                    label=f'(c) co-training, {pattern}')
+        for index, (seed, cocktail) in enumerate(cocktails.items()):
+            style = '.-' if index == 0 else '.--'
+            lines = {}
+            for name, row in cocktail.items():
+                pattern = parse_subnet(name).pattern
+                if pattern == 'dense':
+                    ax.axhline(row[metric], color='k', linestyle='--' if index == 0 else '-.',
+                               linewidth=1, label=f'(c) dense, seed {seed}')
+                    continue
+                lines.setdefault(pattern, []).append((row['sparsity'], row[metric]))
+            for color, (pattern, points) in enumerate(sorted(lines.items())):
+                points.sort()
+                ax.plot([100 * x for x, _ in points], [y for _, y in points], style,
+                        color=f'C{color}', label=f'(c) co-training, {pattern}, seed {seed}')
         for label, rows, marker in (('(a) one-shot', oneshot, 'x'),
                                     ('(b) dedicated', dedicated, 'o')):
-            points = [(row['sparsity'], row[metric]) for row in (rows or {}).values() if row]
+            points = [(row.get('sparsity', 0.0), row[metric]) for row in (rows or {}).values()
+                      if row]
             if points:
                 ax.plot([100 * x for x, _ in points], [y for _, y in points], marker,
                         linestyle='none', color='0.3', label=label)
         ax.set_xlabel('measured sparsity of the masked layers (%)')
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.suptitle(f'Fine-tuning the trained shapes Mask R-CNN for K = {budget} iterations')
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
+def fmt(row):
+    """'bbox / segm' of a results row, or 'not run'."""
+    return 'not run' if not row else f"{row['coco/bbox_mAP']:.3f} / {row['coco/segm_mAP']:.3f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--budget', type=int, default=600)
-    parser.add_argument('--seeds', default='0')
+    parser.add_argument('--seeds', default='0', help='co-training seeds, comma-separated')
+    parser.add_argument('--dedicated-seed', default='0')
     parser.add_argument('--plot')
     parser.add_argument('--out')
     args = parser.parse_args()
-    k = args.budget
+    k, seeds = args.budget, args.seeds.split(',')
     _, start = logged(WORK / 'dense_t1024_3600_seed0')
     oneshot_dir = WORK / 'ft_oneshot_t1024_from3600'
     oneshot = read_json(oneshot_dir / 'results_six_frozen.json') or {}
     recal = read_json(oneshot_dir / 'results_six_recal.json') or {}
     report = dict(budget=k, start={m: start[m] for m in METRICS} if start else None,
-                  rows={}, s_per_iter={})
-    dedicated_rows = {}
-    for seed in args.seeds.split(','):
+                  rows={}, s_per_iter={}, cocktail_all={})
+    for seed in seeds:
         cocktail_dir = WORK / f'ft_cocktail_t1024_{k}_seed{seed}'
-        cocktail = read_json(cocktail_dir / 'results_all.json')
-        report['s_per_iter'][f'cocktail_seed{seed}'] = seconds_per_iter(cocktail_dir)
-        report[f'cocktail_seed{seed}_all'] = cocktail
-        for listed, held, part in LISTED:
-            run = (WORK / (f'ft_dense_t1024_{k}_seed{seed}' if part is None
-                           else f'ft_dedicated_{part}_t1024_{k}_seed{seed}'))
-            ded = read_json(run / 'results.json')
-            ded_row = next(iter(ded.values())) if ded else None
-            dedicated_rows[listed] = ded_row
-            report['s_per_iter'][run.name] = seconds_per_iter(run)
-            row = dict(held=held, oneshot=oneshot.get(held), oneshot_recal_bn=recal.get(held),
-                       dedicated=ded_row, cocktail=(cocktail or {}).get(held))
-            report['rows'][f'{listed}/seed{seed}'] = row
-    fmt = lambda r: ('not run' if not r else  # noqa: E731
-                     f"{r['coco/bbox_mAP']:.3f} / {r['coco/segm_mAP']:.3f}")
+        report['s_per_iter'][cocktail_dir.name] = seconds_per_iter(cocktail_dir)
+        report['cocktail_all'][seed] = read_json(cocktail_dir / 'results_all.json') or {}
+    dedicated_rows = {}
+    for listed, held, part in LISTED:
+        run = WORK / (f'ft_dense_t1024_{k}_seed{args.dedicated_seed}' if part is None else
+                      f'ft_dedicated_{part}_t1024_{k}_seed{args.dedicated_seed}')
+        ded = read_json(run / 'results.json')
+        dedicated_rows[listed] = next(iter(ded.values())) if ded else None
+        report['s_per_iter'][run.name] = seconds_per_iter(run)
+        report['rows'][listed] = dict(
+            held=held, oneshot=oneshot.get(held), oneshot_recal_bn=recal.get(held),
+            dedicated=dedicated_rows[listed],
+            cocktail={seed: report['cocktail_all'][seed].get(held) for seed in seeds})
     print(f'start: {fmt(report["start"])}')
-    print('| subnet (held) | (a) one-shot | (a) + recalibrated BN | (b) dedicated | (c) co-training '
-          '| (c) - (b) bbox |')
-    print('|---|---|---|---|---|---|')
-    for key, row in report['rows'].items():
-        gap = (f"{row['cocktail']['coco/bbox_mAP'] - row['dedicated']['coco/bbox_mAP']:+.3f}"
-               if row['cocktail'] and row['dedicated'] else '')
-        print(f"| {key} ({row['held']}) | {fmt(row['oneshot'])} | {fmt(row['oneshot_recal_bn'])} "
-              f"| {fmt(row['dedicated'])} | {fmt(row['cocktail'])} | {gap} |")
+    print('| subnet (held) | (a) one-shot | (a) + recalibrated BN | (b) dedicated | '
+          + ' | '.join(f'(c) seed {s} | (c) - (b), bbox points' for s in seeds) + ' |')
+    print('|---|---|---|---|' + '---|---|' * len(seeds))
+    for listed, row in report['rows'].items():
+        cells = []
+        for seed in seeds:
+            got, ded = row['cocktail'][seed], row['dedicated']
+            gap = (f"{100 * (got['coco/bbox_mAP'] - ded['coco/bbox_mAP']):+.1f}"
+                   if got and ded else '')
+            cells += [fmt(got), gap]
+        print(f"| {listed} ({row['held']}) | {fmt(row['oneshot'])} "
+              f"| {fmt(row['oneshot_recal_bn'])} | {fmt(row['dedicated'])} | "
+              + ' | '.join(cells) + ' |')
+    names = list(next(iter(report['cocktail_all'].values())))
+    print('\n| subnet | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |')
+    print('|---|' + '---|' * len(seeds))
+    for name in names:
+        print(f'| {name} | ' + ' | '.join(fmt(report['cocktail_all'][s].get(name))
+                                         for s in seeds) + ' |')
     print('s/iteration:', json.dumps(report['s_per_iter'], indent=1))
-    if args.plot and report.get(f'cocktail_seed{args.seeds.split(",")[0]}_all'):
-        plot(report[f'cocktail_seed{args.seeds.split(",")[0]}_all'], oneshot, dedicated_rows,
+    if args.plot and any(report['cocktail_all'].values()):
+        plot({s: c for s, c in report['cocktail_all'].items() if c}, oneshot, dedicated_rows,
              report['start'], args.plot, k)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))

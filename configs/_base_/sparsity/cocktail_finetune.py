@@ -19,10 +19,13 @@
 # - The start is required: RequireLoadFromHook stops a training run that has no `load_from`
 #   (it would train the random init) before anything trains, naming the option to set.
 #
-# Use as ./cocktail.py (the config sets custom_hooks and val_cfg):
-#   _base_ = [<dense fine-tune config>, '../_base_/sparsity/cocktail_finetune.py']
+# Use as ./cocktail.py (the config sets custom_hooks and val_cfg). On top of your own
+# MMDetection config, keep its hooks:
+#   _base_ = [<your config>, '../_base_/sparsity/cocktail_finetune.py']
 #   custom_hooks = [*_base_.get('custom_hooks', []), *_base_.sparse_hooks]
 #   val_cfg = _base_.cocktail_val_cfg
+# On top of configs/finetune/*dense-finetune* (its hooks, RNGStateHook and
+# RequireLoadFromHook, are already in sparse_hooks): custom_hooks = _base_.sparse_hooks
 # Options by name as in ./cocktail.py, e.g. --cfg-options sparse_cocktail.stage_end=0.8
 _base_ = ['./cocktail.py']
 sparse_cocktail = dict(_base_.sparse_cocktail, stage_end=0.5)
