@@ -131,16 +131,14 @@ def main():
         cocktail_dir = WORK / f'ft_cocktail_t1024_{k}_seed{seed}'
         report['s_per_iter'][cocktail_dir.name] = seconds_per_iter(cocktail_dir)
         report['cocktail_all'][seed] = read_json(cocktail_dir / 'results_all.json') or {}
-    dedicated_rows = {}
     for listed, held, part in LISTED:
         run = WORK / (f'ft_dense_t1024_{k}_seed{args.dedicated_seed}' if part is None else
                       f'ft_dedicated_{part}_t1024_{k}_seed{args.dedicated_seed}')
         ded = read_json(run / 'results.json')
-        dedicated_rows[listed] = next(iter(ded.values())) if ded else None
         report['s_per_iter'][run.name] = seconds_per_iter(run)
         report['rows'][listed] = dict(
             held=held, oneshot=oneshot.get(held), oneshot_recal_bn=recal.get(held),
-            dedicated=dedicated_rows[listed],
+            dedicated=next(iter(ded.values())) if ded else None,
             cocktail={seed: report['cocktail_all'][seed].get(held) for seed in seeds})
     print(f'start: {fmt(report["start"])}')
     print('| subnet (held) | (a) one-shot | (a) + recalibrated BN | (b) dedicated | '
@@ -164,7 +162,8 @@ def main():
                                          for s in seeds) + ' |')
     print('s/iteration:', json.dumps(report['s_per_iter'], indent=1))
     if args.plot and any(report['cocktail_all'].values()):
-        plot({s: c for s, c in report['cocktail_all'].items() if c}, oneshot, dedicated_rows,
+        dedicated = {listed: row['dedicated'] for listed, row in report['rows'].items()}
+        plot({s: c for s, c in report['cocktail_all'].items() if c}, oneshot, dedicated,
              report['start'], args.plot, k)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
